@@ -63,7 +63,7 @@ def promote(root: Path, model_name: str, version: str, headline: dict, metric: s
     mlflow = tracking.configure(root)
     client = mlflow.MlflowClient()
     for key, value in headline.items():
-        client.set_model_version_tag(model_name, version, f"benchmark.{key}", f"{value:.6f}")
+        client.set_model_version_tag(model_name, version, tracking.mlflow_key(f"benchmark.{key}"), f"{value:.6f}")
     client.set_model_version_tag(model_name, version, "eval_fingerprint", eval_fp)
 
     current_mv = champion(client, model_name)

@@ -36,6 +36,11 @@ def configure(root: Path):
     return mlflow
 
 
+def mlflow_key(name: str) -> str:
+    """MLflow names allow alphanumerics, _ - . space : / only; `recall@5` becomes `recall_at_5`."""
+    return name.replace("@", "_at_")
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in d.items():
@@ -64,7 +69,8 @@ class StageRun:
         self.run_id = run.info.run_id
 
     def log_step(self, step: int, metrics: dict, prefix: str = "") -> None:
-        clean = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = {mlflow_key(f"{prefix}{k}"): float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if clean:
             self.mlflow.log_metrics(clean, step=step)
 

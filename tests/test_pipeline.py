@@ -81,7 +81,7 @@ def test_registered_model_gets_champion_then_gate_decides(materialised):
     client = mlflow.MlflowClient()
     name = tiny_params()["registry"]["model_name"]
     v1 = client.get_model_version_by_alias(name, "champion")
-    assert v1.version == "1"
+    assert str(v1.version) == "1"
     assert v1.tags["promotion.decision"] == "champion"
 
     # A second joint model, trained with another seed, is benchmarked and gated against version 1.
@@ -96,10 +96,10 @@ def test_registered_model_gets_champion_then_gate_decides(materialised):
     f1_v1, f1_v2 = float(v1.tags["benchmark.f1"]), float(v2.tags["benchmark.f1"])
     champion = client.get_model_version_by_alias(name, "champion")
     if f1_v2 > f1_v1:
-        assert champion.version == "2" and v2.tags["promotion.decision"] == "champion"
+        assert str(champion.version) == "2" and v2.tags["promotion.decision"] == "champion"
     else:
-        assert champion.version == "1"
-        assert client.get_model_version_by_alias(name, "challenger").version == "2"
+        assert str(champion.version) == "1"
+        assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
         assert "does not beat" in v2.tags["promotion.reason"]
     promotion = json.loads((root / "artifacts" / "benchmark_report" / "promotion.json").read_text())
     assert promotion["version"] == "2" and promotion["previous_champion"] == "1"

@@ -1,0 +1,553 @@
+"""CLaRa: compressed RAG with memory tokens and joint retrieval/generation training (arXiv 2511.18659).
+
+One file, three parts:
+
+1. the compressor: a document followed by n memory tokens <MEM0>..<MEM{n-1}> goes through an encoder; the last
+   hidden states at the memory positions are the compressed document, n vectors. The query reasoner is the
+   same network with a second LoRA adapter, fed the question instead, so a question lands in the same space.
+2. the generator: a causal LM whose prompt has k*n placeholder positions; their input embeddings are replaced
+   by the compressed vectors of the k retrieved documents.
+3. the glue of stage 3: score candidates by cosine(query vectors, document vectors), pick top-k with a
+   straight-through estimator, so the answer loss alone trains the query reasoner.
+
+Two layouts (``model.mode``):
+- "separate": a light encoder compressor (all-MiniLM-L6-v2 + LoRA "compressor"/"query") and a projector into
+  a separate generator (a small Llama trained from scratch, or a local causal LM + LoRA "generator").
+- "shared": the paper's setup, one causal LM with three LoRA adapters "compressor", "generator", "query";
+  no projector since compressor and generator live in the same hidden space.
+
+The trainable memory-token rows live in ``mem_embeddings`` (a small Parameter written over the embedding
+lookup at the memory positions) rather than in the full embedding matrix, so the optimizer never holds state
+for a 30k-150k row vocabulary and nothing else in the vocabulary can drift.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from .config import resolve_model_path
+from .tokenizer import build_generator_tokenizer
+
+ENCODER_LORA_TARGETS = ["query", "key", "value", "dense"]  # BERT-style attention + MLP linears
+CHECKPOINT_FORMAT = "clara-v1"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# straight-through top-k (stage 3)
+
+
+def straight_through_topk(scores: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    """Select top-k of scores [B, N] as one-hot rows [B, k, N], differentiably.
+
+    Forward: the exact hard selection, row j = one-hot of the j-th highest score.
+    Backward: the gradient of a sequential softmax, step j = softmax((scores - inf * already_chosen) / T),
+    so documents that were not picked still receive a signal of how much they would have helped.
+    """
+    B, N = scores.shape
+    hard_idx = torch.topk(scores, k, dim=-1).indices  # [B, k], descending score
+    chosen = torch.zeros_like(scores, dtype=torch.bool)
+    soft_steps = []
+    for j in range(k):
+        logits = scores.masked_fill(chosen, float("-inf")) / temperature
+        soft_steps.append(torch.softmax(logits, dim=-1))
+        chosen = chosen | F.one_hot(hard_idx[:, j], N).bool()
+    soft = torch.stack(soft_steps, dim=1)  # [B, k, N]
+    hard = F.one_hot(hard_idx, N).to(scores.dtype)
+    # (soft - soft.detach()) is exactly zero in the forward pass, so the forward value is exactly `hard`
+    return hard + (soft - soft.detach())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def mem_token_names(n: int) -> list[str]:
+    return [f"<MEM{i}>" for i in range(n)]
+
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists into (ids [B, L], attention mask [B, L])."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(L - len(s), L) if left else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def _ensure_pad(tok) -> None:
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+
+
+def _add_mem_tokens(tok, model, n: int) -> list[int]:
+    """Add <MEM i> to the tokenizer, grow the embeddings if needed; returns their ids.
+
+    New rows are set to the mean of the old ones (not random) so that building the same model twice gives
+    the same weights: the rows are never trained (mem_embeddings is), but an untied LM head scores them.
+    """
+    names = mem_token_names(n)
+    tok.add_tokens(names, special_tokens=True)  # no-op when loading a tokenizer saved with them
+    ids = tok.convert_tokens_to_ids(names)
+    old = model.get_input_embeddings().weight.shape[0]
+    if max(ids) >= old:
+        model.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[old:] = emb[:old].mean(0)
+            out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            if out is not None and out.weight is not emb:
+                out.weight[old:] = out.weight[:old].mean(0)
+                if getattr(out, "bias", None) is not None:
+                    out.bias[old:] = out.bias[:old].mean()
+    return ids
+
+
+def _lora_config(lora_cfg: dict, targets) -> LoraConfig:
+    return LoraConfig(
+        r=int(lora_cfg.get("r", 16)),
+        lora_alpha=int(lora_cfg.get("alpha", 32)),
+        lora_dropout=float(lora_cfg.get("dropout", 0.0)),
+        target_modules=targets,
+    )
+
+
+def _copy_adapter(peft_model, src: str, dst: str) -> None:
+    """Initialise adapter `dst` as an exact copy of adapter `src` (the paper starts the query reasoner there)."""
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            parts = name.split(".")  # ...lora_A.<adapter>.weight; only that segment names the adapter
+            if "lora_" in name and parts[-2] == src:
+                params[".".join(parts[:-2] + [dst, parts[-1]])].copy_(p)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the model
+
+
+class ClaraModel(nn.Module):
+    n_mem: int
+    hidden_size: int
+
+    def __init__(self, model_cfg: dict, corpus_texts: list[str] | None = None, seed: int = 0, _saved_dir=None):
+        super().__init__()
+        torch.manual_seed(seed)  # LoRA A matrices, projector and a from-scratch generator are random-init
+        self.model_cfg = dict(model_cfg)
+        self.seed = seed
+        self.mode = model_cfg.get("mode", "separate")
+        self.doc_max_length = int(model_cfg.get("doc_max_length", 64))
+        self.n_mem = self.doc_max_length // int(model_cfg.get("compression_rate", 8))
+        if self.n_mem < 1:
+            raise ValueError("doc_max_length // compression_rate must be at least 1")
+        self.question_max_length = int(model_cfg.get("question_max_length", 32))
+        self.answer_max_length = int(model_cfg.get("answer_max_length", 16))
+        lora_cfg = model_cfg.get("lora") or {}
+        # optional `model.dtype` (e.g. bfloat16 for a real backbone on GPU); float32 on CPU
+        dtype = getattr(torch, str(model_cfg.get("dtype") or "float32"))
+        saved = Path(_saved_dir) if _saved_dir is not None else None
+
+        if self.mode == "shared":
+            path = resolve_model_path(model_cfg.get("backbone_path"))
+            if path is None:
+                raise ValueError("mode 'shared' needs model.backbone_path (a local causal-LM folder)")
+            tok = AutoTokenizer.from_pretrained(str(saved / "tokenizer") if saved else path)
+            _ensure_pad(tok)
+            base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            self.mem_ids = _add_mem_tokens(tok, base, self.n_mem)
+            lora = _lora_config(lora_cfg, "all-linear")
+            self.backbone = get_peft_model(base, lora, adapter_name="compressor")  # mutates `base` in place
+            self.backbone.add_adapter("generator", lora)
+            self.backbone.add_adapter("query", lora)
+            _copy_adapter(self.backbone, "compressor", "query")
+            self.enc_tok = self.gen_tok = tok
+            self.generator_scratch = False
+            self.projector = None
+            d_enc = self.hidden_size = base.config.hidden_size
+        elif self.mode == "separate":
+            enc_path = resolve_model_path(model_cfg.get("compressor_path") or "embedded-minilm")
+            self.enc_tok = AutoTokenizer.from_pretrained(str(saved / "compressor_tokenizer") if saved else enc_path)
+            _ensure_pad(self.enc_tok)
+            # no dropout: the base is frozen (LoRA trains), and train-time states then match the eval-time
+            # states that the frozen-compressor stages cache; it is also ~10% faster on CPU
+            no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+            try:  # the pooler is unused; dropping it also keeps LoRA off a layer that would get no gradient
+                encoder = AutoModel.from_pretrained(enc_path, add_pooling_layer=False, **no_dropout)
+            except TypeError:
+                encoder = AutoModel.from_pretrained(enc_path, **no_dropout)
+            self.mem_ids = _add_mem_tokens(self.enc_tok, encoder, self.n_mem)
+            lora = _lora_config(lora_cfg, ENCODER_LORA_TARGETS)
+            self.encoder = get_peft_model(encoder, lora, adapter_name="compressor")
+            self.encoder.add_adapter("query", lora)
+            _copy_adapter(self.encoder, "compressor", "query")
+            d_enc = encoder.config.hidden_size
+
+            gen_path = resolve_model_path(model_cfg.get("generator_path"))
+            self.generator_scratch = gen_path is None
+            if self.generator_scratch:
+                g = model_cfg.get("generator") or {}
+                if saved:
+                    self.gen_tok = PreTrainedTokenizerFast.from_pretrained(str(saved / "generator_tokenizer"))
+                else:
+                    self.gen_tok = build_generator_tokenizer(corpus_texts, int(g.get("vocab_size", 4000)))
+                heads = int(g.get("num_attention_heads", 4))
+                config = LlamaConfig(
+                    vocab_size=len(self.gen_tok),
+                    hidden_size=int(g.get("hidden_size", 256)),
+                    intermediate_size=int(g.get("intermediate_size", 688)),
+                    num_hidden_layers=int(g.get("num_hidden_layers", 4)),
+                    num_attention_heads=heads,
+                    num_key_value_heads=int(g.get("num_key_value_heads", heads)),
+                    max_position_embeddings=int(g.get("max_position_embeddings", 512)),
+                    pad_token_id=self.gen_tok.pad_token_id,
+                    bos_token_id=self.gen_tok.bos_token_id,
+                    eos_token_id=self.gen_tok.eos_token_id,
+                    tie_word_embeddings=True,  # fewer parameters; the small model trains faster
+                )
+                self.generator = LlamaForCausalLM(config)
+            else:
+                self.gen_tok = AutoTokenizer.from_pretrained(str(saved / "generator_tokenizer") if saved else gen_path)
+                _ensure_pad(self.gen_tok)
+                gbase = AutoModelForCausalLM.from_pretrained(gen_path, dtype=dtype)
+                self.generator = get_peft_model(gbase, _lora_config(lora_cfg, "all-linear"), adapter_name="generator")
+            self.hidden_size = self._generator_lm().config.hidden_size
+            # a two-layer MLP from encoder space into the generator's input-embedding space
+            self.projector = nn.Sequential(
+                nn.Linear(d_enc, self.hidden_size), nn.GELU(), nn.Linear(self.hidden_size, self.hidden_size)
+            )
+        else:
+            raise ValueError(f"model.mode must be 'separate' or 'shared', got {self.mode!r}")
+
+        body = self._encoder_body()
+        init = body.get_input_embeddings().weight[self.mem_ids].detach().clone()
+        # small noise so the memory tokens start distinct even where their base rows are identical
+        self.mem_embeddings = nn.Parameter(init + 0.02 * torch.randn_like(init))
+        self._train_parts = {"compressor", "query", "generator"}
+        self._restore_trainable()
+
+    @classmethod
+    def from_params(cls, model_cfg: dict, corpus_texts: list[str] | None = None, seed: int = 0) -> "ClaraModel":
+        return cls(model_cfg, corpus_texts=corpus_texts, seed=seed)
+
+    # ---- which module does what ------------------------------------------------------------------------
+
+    def _encoder_peft(self):
+        return self.backbone if self.mode == "shared" else self.encoder
+
+    def _encoder_body(self):
+        """The module that returns last_hidden_state (BertModel, or the decoder stack of the causal LM)."""
+        if self.mode == "shared":
+            return self.backbone.get_base_model().base_model
+        return self.encoder.get_base_model()
+
+    def _generator_lm(self):
+        if self.mode == "shared":
+            return self.backbone.get_base_model()
+        return self.generator if self.generator_scratch else self.generator.get_base_model()
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(x) if self.projector is not None else x
+
+    # ---- trainable flags and adapters --------------------------------------------------------------------
+
+    def _part_of(self, name: str) -> str | None:
+        """Which trainable group a parameter belongs to; None = frozen base weight."""
+        if "lora_" in name:
+            return name.split(".")[-2]  # ...lora_A.<adapter>.weight
+        if name == "mem_embeddings" or name.startswith("projector."):
+            return "compressor"
+        if self.mode == "separate" and self.generator_scratch and name.startswith("generator."):
+            return "generator"
+        return None
+
+    def set_trainable(self, parts) -> list[nn.Parameter]:
+        """Train only these groups ("compressor", "query", "generator"); returns the trainable parameters."""
+        self._train_parts = set(parts)
+        self._restore_trainable()
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _restore_trainable(self) -> None:
+        for name, p in self.named_parameters():
+            p.requires_grad = self._part_of(name) in self._train_parts
+
+    def _use_adapter(self, name: str) -> None:
+        # peft's set_adapter flips requires_grad (active adapter on, others off); put our own flags back,
+        # since in stage 1 both the compressor and the generator adapter must keep training
+        pm = self._encoder_peft() if name in ("compressor", "query") or self.mode == "shared" else None
+        if pm is not None and pm.active_adapter != name:
+            pm.set_adapter(name)
+            self._restore_trainable()
+
+    def init_query_from_compressor(self) -> None:
+        _copy_adapter(self._encoder_peft(), "compressor", "query")
+
+    def _checkpoint_params(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if self._part_of(n) is not None}
+
+    # ---- compressor / query reasoner ---------------------------------------------------------------------
+
+    def _encode(self, texts: list[str], max_len: int, adapter: str):
+        """Texts + memory tokens -> (memory states [B, n, d_enc], mean memory state, mean text-token state)."""
+        self._use_adapter(adapter)
+        tok = self.enc_tok
+        pieces = tok(list(texts), add_special_tokens=False, truncation=True, max_length=max_len)["input_ids"]
+        if tok.cls_token_id is not None:  # BERT: [CLS] text <MEM..> [SEP]
+            prefix, suffix = [tok.cls_token_id], ([tok.sep_token_id] if tok.sep_token_id is not None else [])
+        else:  # causal LM: [BOS] text <MEM..> ; memory tokens come last so they can attend to the whole text
+            prefix, suffix = ([tok.bos_token_id] if tok.bos_token_id is not None else []), []
+        seqs = [prefix + p + self.mem_ids + suffix for p in pieces]
+        ids, attn = _pad(seqs, tok.pad_token_id)
+        is_doc = torch.zeros_like(ids, dtype=torch.bool)
+        is_mem = torch.zeros_like(ids, dtype=torch.bool)
+        for i, p in enumerate(pieces):
+            is_doc[i, len(prefix) : len(prefix) + len(p)] = True
+            is_mem[i, len(prefix) + len(p) : len(prefix) + len(p) + self.n_mem] = True
+        body = self._encoder_body()
+        device = self.mem_embeddings.device
+        ids, attn, is_doc, is_mem = ids.to(device), attn.to(device), is_doc.to(device), is_mem.to(device)
+        emb = body.get_input_embeddings()(ids)
+        B, d = ids.shape[0], emb.shape[-1]
+        mem = self.mem_embeddings.to(emb.dtype).unsqueeze(0).expand(B, -1, -1).reshape(-1, d)
+        emb = emb.masked_scatter(is_mem.unsqueeze(-1), mem)
+        h = body(inputs_embeds=emb, attention_mask=attn).last_hidden_state
+        mem_states = h[is_mem].view(B, self.n_mem, -1)
+        docf = is_doc.unsqueeze(-1).to(h.dtype)
+        doc_mean = (h * docf).sum(1) / docf.sum(1).clamp(min=1.0)
+        return mem_states, mem_states.mean(1), doc_mean
+
+    def compress_with_grad(self, texts: list[str]) -> torch.Tensor:
+        """Compressed (projected) documents [B, n, d] inside the autograd graph (training)."""
+        return self._project(self._encode(texts, self.doc_max_length, "compressor")[0])
+
+    def encode_queries_with_grad(self, questions: list[str]) -> torch.Tensor:
+        return self._project(self._encode(questions, self.question_max_length, "query")[0])
+
+    @torch.no_grad()
+    def _batched_eval(self, fn, items: list[str], batch_size: int) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+        finally:
+            self.train(was_training)
+        if not outs:
+            return torch.zeros(0, self.n_mem, self.hidden_size)
+        return torch.cat(outs).float().cpu()
+
+    def compress(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Documents -> [B, n_mem, hidden_size] (no grad, eval mode): what the index stores."""
+        return self._batched_eval(self.compress_with_grad, list(texts), batch_size)
+
+    def encode_queries(self, questions: list[str], batch_size: int = 32) -> torch.Tensor:
+        return self._batched_eval(self.encode_queries_with_grad, list(questions), batch_size)
+
+    # ---- generator ---------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, question: str, k: int) -> tuple[list[int], int]:
+        """'Background: ' + k*n placeholders + ' Question: ' + q + ' Answer:' -> (ids, placeholder start)."""
+        tok = self.gen_tok
+
+        def enc(s, **kw):
+            return tok(s, add_special_tokens=False, **kw)["input_ids"]
+
+        head = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + enc("Background:")
+        q = enc(" " + question.strip(), truncation=True, max_length=self.question_max_length) if question.strip() else []
+        ids = head + [tok.pad_token_id] * (k * self.n_mem) + enc(" Question:") + q + enc(" Answer:")
+        return ids, len(head)
+
+    def _embed_prompt(self, ids, ph_mask, doc_embeddings):
+        lm = self._generator_lm()
+        emb = lm.get_input_embeddings()(ids)
+        if doc_embeddings is not None and doc_embeddings.shape[1] > 0:
+            src = doc_embeddings.to(device=emb.device, dtype=emb.dtype).reshape(-1, emb.shape[-1])
+            emb = emb.masked_scatter(ph_mask.unsqueeze(-1), src)  # fills placeholders row by row, in order
+        return emb
+
+    def answer_loss(self, questions, doc_embeddings, answers, answer_max_length=None):
+        """Mean cross-entropy on answer tokens (+EOS) given question and docs [B, k, n, d] (or None).
+
+        answer_max_length: an int, or one int per row (stage 1 mixes short QA answers and long paraphrases)."""
+        self._use_adapter("generator")
+        tok = self.gen_tok
+        amax = answer_max_length or self.answer_max_length
+        amax = list(amax) if isinstance(amax, (list, tuple)) else [amax] * len(answers)  # per-row limits
+        k = 0 if doc_embeddings is None else doc_embeddings.shape[1]
+        seqs, labels, ph_rows = [], [], []
+        for q, a, m in zip(questions, answers, amax):
+            prompt, ph_start = self._prompt_ids(q, k)
+            ans = tok(" " + a.strip(), add_special_tokens=False, truncation=True, max_length=int(m))["input_ids"]
+            ans = ans + [tok.eos_token_id]
+            seqs.append(prompt + ans)
+            labels.append([-100] * len(prompt) + ans)
+            ph_rows.append(ph_start)
+        ids, attn = _pad(seqs, tok.pad_token_id)
+        lab, _ = _pad(labels, -100)
+        ph_mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, s in enumerate(ph_rows):
+            ph_mask[i, s : s + k * self.n_mem] = True
+        device = self.mem_embeddings.device
+        ids, attn, lab, ph_mask = ids.to(device), attn.to(device), lab.to(device), ph_mask.to(device)
+        emb = self._embed_prompt(ids, ph_mask, doc_embeddings)
+        logits = self._generator_lm()(inputs_embeds=emb, attention_mask=attn).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100
+        )
+        return loss, int((lab != -100).sum())
+
+    @torch.no_grad()
+    def generate(self, questions, doc_embeddings, max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
+        """Greedy answers. doc_embeddings: [B, k, n_mem, d] or None (closed book)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = []
+            for i in range(0, len(questions), batch_size):
+                docs = None if doc_embeddings is None else doc_embeddings[i : i + batch_size]
+                out += self._generate_batch(list(questions[i : i + batch_size]), docs, max_new_tokens)
+            return out
+        finally:
+            self.train(was_training)
+
+    def _generate_batch(self, questions, doc_embeddings, max_new_tokens):
+        self._use_adapter("generator")
+        tok, lm = self.gen_tok, self._generator_lm()
+        device = self.mem_embeddings.device
+        k = 0 if doc_embeddings is None else doc_embeddings.shape[1]
+        prompts = [self._prompt_ids(q, k) for q in questions]
+        ids, attn = _pad([p for p, _ in prompts], tok.pad_token_id, left=True)  # left pad: all end together
+        ph_mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (p, s) in enumerate(prompts):
+            off = ids.shape[1] - len(p)
+            ph_mask[i, off + s : off + s + k * self.n_mem] = True
+        ids, attn, ph_mask = ids.to(device), attn.to(device), ph_mask.to(device)
+        emb = self._embed_prompt(ids, ph_mask, doc_embeddings)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        res = lm(inputs_embeds=emb, attention_mask=attn, position_ids=pos, use_cache=True)
+        banned = set(self.mem_ids) | {tok.bos_token_id, tok.pad_token_id}
+        banned = torch.tensor(sorted(i for i in banned if i is not None and i != tok.eos_token_id), device=device)
+        done = torch.zeros(len(questions), dtype=torch.bool, device=device)
+        new_tokens = []
+        for step in range(max_new_tokens):
+            logits = res.logits[:, -1].float()
+            if len(banned):
+                logits[:, banned[banned < logits.shape[-1]]] = float("-inf")
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tok.eos_token_id), nxt)
+            new_tokens.append(nxt)
+            done = done | (nxt == tok.eos_token_id)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+            res = lm(
+                input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
+                past_key_values=res.past_key_values, use_cache=True,
+            )
+        answers = []
+        for row in torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in questions]:
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            answers.append(tok.decode(row, skip_special_tokens=True).strip())
+        return answers
+
+    # ---- the three stage losses ----------------------------------------------------------------------------
+
+    def stage1_loss(self, documents, questions, answers, answer_max_length=None, mse_weight: float = 0.0):
+        """SCP: answer (or paraphrase) from ONE compressed document + MSE(mean memory state, mean doc state)."""
+        mem, mem_mean, doc_mean = self._encode(documents, self.doc_max_length, "compressor")
+        mse = F.mse_loss(mem_mean.float(), doc_mean.float())
+        lm_loss, n_tok = self.answer_loss(questions, self._project(mem).unsqueeze(1), answers, answer_max_length)
+        loss = lm_loss + mse_weight * mse
+        return loss, {"lm_loss": lm_loss.item(), "mse_loss": mse.item(), "answer_tokens": n_tok}
+
+    def stage2_loss(self, questions, doc_embeddings, answers):
+        """Instruction tuning: answer from the question + k compressed docs [B, k, n, d]."""
+        lm_loss, n_tok = self.answer_loss(questions, doc_embeddings, answers)
+        return lm_loss, {"lm_loss": lm_loss.item(), "answer_tokens": n_tok}
+
+    def stage3_loss(self, questions, candidate_embeddings, answers, top_k: int, temperature: float = 1.0):
+        """Joint: query reasoner scores N candidates [B, N, n, d], straight-through top-k, answer loss only."""
+        q = self.encode_queries_with_grad(questions)  # [B, n, d]
+        candidate_embeddings = candidate_embeddings.to(device=q.device, dtype=q.dtype)  # cache is fp32 on CPU
+        scores = F.cosine_similarity(q.flatten(1).unsqueeze(1), candidate_embeddings.flatten(2), dim=-1)  # [B, N]
+        selection = straight_through_topk(scores, min(top_k, scores.shape[1]), temperature)  # [B, k, N]
+        docs = torch.einsum("bkn,bnmd->bkmd", selection.to(candidate_embeddings.dtype), candidate_embeddings)
+        lm_loss, n_tok = self.answer_loss(questions, docs, answers)
+        metrics = {"lm_loss": lm_loss.item(), "answer_tokens": n_tok, "score_mean": scores.mean().item()}
+        return lm_loss, metrics, selection, scores
+
+    def forward(self, stage: str, **batch):
+        """Dispatch so a DeepSpeed engine can call the model: returns (loss, metrics)."""
+        if stage == "stage1":
+            return self.stage1_loss(**batch)
+        if stage == "stage2":
+            return self.stage2_loss(**batch)
+        if stage == "stage3":
+            loss, metrics, _, _ = self.stage3_loss(**batch)
+            return loss, metrics
+        raise ValueError(f"unknown stage {stage!r}")
+
+    # ---- save / load ---------------------------------------------------------------------------------------
+
+    def save(self, out_dir) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {n: p.detach().cpu().contiguous() for n, p in self._checkpoint_params().items()}
+        save_file(state, str(out / "weights.safetensors"))
+        if self.mode == "shared":
+            self.enc_tok.save_pretrained(str(out / "tokenizer"))
+        else:
+            self.enc_tok.save_pretrained(str(out / "compressor_tokenizer"))
+            self.gen_tok.save_pretrained(str(out / "generator_tokenizer"))
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "mode": self.mode,
+            "model_cfg": self.model_cfg,
+            "seed": self.seed,
+            "n_mem": self.n_mem,
+            "hidden_size": self.hidden_size,
+            "generator_scratch": self.generator_scratch,
+            "base_paths": {
+                key: resolve_model_path(self.model_cfg.get(key)) if self.model_cfg.get(key) else None
+                for key in ("compressor_path", "generator_path", "backbone_path")
+            },
+            "weights": sorted(state),
+        }
+        (out / "clara_config.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path) -> "ClaraModel":
+        path = Path(path)
+        meta = json.loads((path / "clara_config.json").read_text())
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+        model = cls(meta["model_cfg"], seed=meta.get("seed", 0), _saved_dir=path)
+        state = load_file(str(path / "weights.safetensors"))
+        params = model._checkpoint_params()
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint mismatch; missing={missing[:5]} unexpected={unexpected[:5]}")
+        with torch.no_grad():
+            for name, p in params.items():
+                if state[name].shape != p.shape:
+                    raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}")
+                p.copy_(state[name])
+        model.eval()
+        return model

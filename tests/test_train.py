@@ -1,0 +1,141 @@
+"""train_stage: DeepSpeed on CPU (gloo) for all three stages, and a short learning check."""
+
+import math
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from clara_pipeline.config import resolve_model_path
+from clara_pipeline.model import ClaraModel
+from clara_pipeline.train import _stage_docs, load_deepspeed_config, train_stage
+
+DOCUMENTS = {
+    "d0": "Alba Rint was born in 1950 in Corva. She studied botany at the Tessel Institute.",
+    "d1": "Corva is a harbour town on the Vell coast, founded in 1312 by salt traders.",
+    "d2": "The Tessel Institute is a research school in Marrow, known for its glass library.",
+    "d3": "Grey Harbour is a novel by Oren Vask, published in 1987 by Lintel Press.",
+    "d4": "Oren Vask was born in 1931 in Marrow and died in 2004 in Corva.",
+    "d5": "Lintel Press is a publisher in Marrow that prints poetry and travel books.",
+}
+QA = [
+    ("d0", "Where was Alba Rint born?", "Corva"),
+    ("d0", "What did Alba Rint study?", "botany"),
+    ("d1", "When was Corva founded?", "1312"),
+    ("d2", "Where is the Tessel Institute?", "Marrow"),
+    ("d3", "Who wrote Grey Harbour?", "Oren Vask"),
+    ("d4", "When was Oren Vask born?", "1931"),
+    ("d5", "Where is Lintel Press?", "Marrow"),
+]
+TINY_GEN = {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2}
+DS_CFG = {"backend": "deepspeed", "deepspeed_config": str(ROOT / "configs" / "deepspeed" / "cpu.json")}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tiny_bert_train")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded-minilm"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def make_model(compressor_path):
+    cfg = {"mode": "separate", "compressor_path": compressor_path, "generator_path": None, "doc_max_length": 32,
+           "compression_rate": 8, "question_max_length": 16, "answer_max_length": 8, "generator": dict(TINY_GEN),
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    texts = list(DOCUMENTS.values()) + [q + " " + a for _, q, a in QA]
+    return ClaraModel.from_params(cfg, corpus_texts=texts, seed=0)
+
+
+def stage1_records():
+    recs = [{"doc_id": d, "question": q, "answer": a, "data_type": "qa"} for d, q, a in QA]
+    recs += [{"doc_id": d, "question": "", "answer": t, "data_type": "paraphrase"} for d, t in DOCUMENTS.items()]
+    return recs
+
+
+def retrieval_records():
+    ids = list(DOCUMENTS)
+    rng = random.Random(0)
+    recs = []
+    for gold, q, a in QA:
+        others = [d for d in ids if d != gold]
+        rng.shuffle(others)
+        cands = others[:2] + [gold] + others[2:4]  # N = 5, gold somewhere in the middle
+        recs.append({"question": q, "answer": a, "gold_doc_ids": [gold], "candidate_doc_ids": cands})
+    return recs
+
+
+def snapshot(model, part):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if model._part_of(n) == part}
+
+
+def changed(before, model):
+    params = dict(model.named_parameters())
+    return any(not torch.equal(v, params[n].detach()) for n, v in before.items())
+
+
+def test_deepspeed_config_auto_values_replaced():
+    cfg = load_deepspeed_config({"deepspeed_config": str(ROOT / "configs/deepspeed/gpu_zero2_bf16.json")}, 4)
+    assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 1
+    assert "auto" not in cfg.values()
+
+
+def test_stage2_docs_gold_first_then_negatives():
+    rec = {"gold_doc_ids": ["d3"], "candidate_doc_ids": ["d1", "d3", "d2", "d5"]}
+    ids = _stage_docs(rec, DOCUMENTS, 3, random.Random(0))
+    assert sorted(ids) == ["d1", "d2", "d3"]
+
+
+def test_deepspeed_all_stages_on_cpu(tiny_bert):
+    model = make_model(tiny_bert)
+    logged = []
+    log = lambda step, metrics: logged.append((step, metrics))  # noqa: E731
+
+    comp, gen = snapshot(model, "compressor"), snapshot(model, "generator")
+    s1 = train_stage(model, "stage1", stage1_records(), DOCUMENTS,
+                     {"steps": 3, "batch_size": 4, "lr": 1e-3, "mse_weight": 0.1, "paraphrase_max_length": 24},
+                     DS_CFG, seed=0, log_fn=log)
+    assert s1["steps"] == 3 and math.isfinite(s1["final_loss"]) and s1["trainable_params"] > 0
+    assert changed(comp, model) and changed(gen, model)
+    assert logged and {"loss", "lm_loss", "mse_loss", "lr", "tokens_per_s"} <= set(logged[0][1])
+    params = dict(model.named_parameters())  # query adapter re-initialised from the trained compressor
+    for n, p in params.items():
+        if "lora_" in n and n.split(".")[-2] == "query":
+            assert torch.equal(p, params[n.replace(".query.weight", ".compressor.weight")])
+
+    comp, gen = snapshot(model, "compressor"), snapshot(model, "generator")
+    s2 = train_stage(model, "stage2", retrieval_records(), DOCUMENTS,
+                     {"steps": 2, "batch_size": 4, "lr": 1e-3, "top_k": 3, "train_compressor": False},
+                     DS_CFG, seed=0)
+    assert math.isfinite(s2["final_loss"]) and s2["cached_documents"] > 0
+    assert changed(gen, model) and not changed(comp, model)
+
+    comp, query, gen = snapshot(model, "compressor"), snapshot(model, "query"), snapshot(model, "generator")
+    s3 = train_stage(model, "stage3", retrieval_records(), DOCUMENTS,
+                     {"steps": 2, "batch_size": 4, "lr": 1e-3, "top_k": 2, "temperature": 1.0,
+                      "freeze_compressor": True},
+                     DS_CFG, seed=0)
+    assert math.isfinite(s3["final_loss"])
+    assert changed(query, model) and changed(gen, model) and not changed(comp, model)
+
+
+def test_stage1_loss_goes_down(tiny_bert):
+    model = make_model(tiny_bert)
+    records = [r for r in stage1_records() if r["data_type"] == "qa"]
+    losses = []
+    train_stage(model, "stage1", records, DOCUMENTS,
+                {"steps": 30, "batch_size": 7, "lr": 3e-3, "mse_weight": 0.1, "log_every": 1},
+                {"backend": "torch"}, seed=0, log_fn=lambda s, m: losses.append(m["lm_loss"]))
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.5, losses
