@@ -3,11 +3,14 @@
 Retrieval systems (Recall@k and MRR against gold document ids):
     bm25         bm25s over title + text
     dense        all-MiniLM-L6-v2 mean-pooled embeddings, as a sentence encoder would use it
-    clara        the trained query reasoner over the compressed index
+    clara        the trained query reasoner over the whole compressed index
+    clara_rerank the query reasoner re-ranking BM25's top-N candidates (N = scp.candidates), the setting
+                 stage 3 trains in
 QA systems (EM and token F1, max over gold aliases), all with the same trained generator:
     closed_book       no documents
     bm25_compressed   BM25 top-k, read as compressed documents
     clara             query-reasoner top-k from the compressed index (the full CLaRa path)
+    clara_rerank      query reasoner over BM25's top-N candidates, top-k
     oracle_compressed gold documents (filled up to k with BM25 hits), compressed
 Full-text baselines need a generator that reads raw text; the embedded default trains its generator on
 compressed documents only, so those columns come with a text-trained generator (a later issue).
@@ -77,10 +80,10 @@ def _fill_to_k(gold: list[str], ranked: list[str], k: int, rng: random.Random) -
 
 
 def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], cfg: dict,
-                  dense_model_path: str | None = None, seed: int = 0, log=print) -> dict:
+                  dense_model_path: str | None = None, seed: int = 0, log=print, num_candidates: int = 10) -> dict:
     k = int(cfg["top_k"])
     recall_ks = [int(x) for x in cfg["recall_ks"]]
-    max_k = max(recall_ks + [k])
+    max_k = max(recall_ks + [k, num_candidates])
     texts = [q["question"] for q in questions]
     golds = [q["gold_doc_ids"] for q in questions]
     rng = random.Random(seed)
@@ -100,12 +103,19 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
     _, clara_rows = rag.retrieve(texts, max_k)
     timings["clara_retrieval_s"] = time.perf_counter() - t0
     ranked["clara"] = [[rag.index.documents[r]["id"] for r in row] for row in clara_rows]
+    row_of = rag.index.row_of
+    bm25_rows = np.array([[row_of[d] for d in lst[:num_candidates]] for lst in ranked["bm25"]], dtype=np.int64)
+    t0 = time.perf_counter()
+    _, rerank_rows = rag.rerank(texts, bm25_rows, num_candidates)
+    timings["clara_rerank_s"] = time.perf_counter() - t0
+    ranked["clara_rerank"] = [[rag.index.documents[r]["id"] for r in row] for row in rerank_rows]
     log(f"benchmark: retrieval done for {len(questions)} questions")
 
     retrieval = {}
     for system, lists in ranked.items():
         rows = []
         for q, retrieved in zip(questions, lists):
+            # a re-ranker only sees N candidates: beyond N its recall is not defined, report it at N
             row = {f"recall@{n}": recall_at_k(retrieved, q["gold_doc_ids"], n) for n in recall_ks}
             row["mrr"] = mrr(retrieved, q["gold_doc_ids"])
             row["type"] = q.get("type", "all")
@@ -113,10 +123,10 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
         retrieval[system] = aggregate(rows, [f"recall@{n}" for n in recall_ks] + ["mrr"])
 
     # ---- question answering ----
-    row_of = rag.index.row_of
     contexts = {
         "bm25_compressed": [[row_of[d] for d in lst[:k]] for lst in ranked["bm25"]],
         "clara": [list(r[:k]) for r in clara_rows],
+        "clara_rerank": [list(r[:k]) for r in rerank_rows],
         "oracle_compressed": [[row_of[d] for d in _fill_to_k(g, lst, k, rng)] for g, lst in zip(golds, ranked["bm25"])],
     }
     predictions: dict[str, list[str]] = {}
@@ -144,7 +154,7 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
 
     # ---- efficiency: what the generator reads, and how long one question takes end to end ----
     n_mem = rag.model.n_mem
-    tokenizer = getattr(rag.model, "generator_tokenizer", None)
+    tokenizer = getattr(rag.model, "gen_tok", None)
     text_of = {d["id"]: d["text"] for d in documents}
     if tokenizer is not None:
         full_tokens = [sum(len(tokenizer(text_of[d], add_special_tokens=False)["input_ids"]) for d in lst[:k])

@@ -31,7 +31,13 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
         params = yaml.safe_load(fh)
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(params).__name__}")
+    missing = [key for key in REQUIRED_SECTIONS if key not in params]
+    if missing:
+        raise ValueError(f"{path}: missing top-level key(s) {', '.join(missing)}; see the project's params.yaml")
     return params
+
+
+REQUIRED_SECTIONS = ("seed", "corpus", "scp", "model", "train", "index", "benchmark", "registry")
 
 
 @dataclass(frozen=True)

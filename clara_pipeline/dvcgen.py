@@ -31,7 +31,7 @@ def dvc_stages(root: Path) -> dict:
             entry["metrics"] = [{rel(folder / f): {"cache": False}} for f in stage.metrics]
         for f in stage.plots:  # plotted files are small, kept in git-visible form rather than the cache
             entry["outs"].append({rel(folder / f): {"cache": False}})
-            plots.append({rel(folder / f): {"x": "k", "y": ["bm25", "dense", "clara"], "title": "Recall@k of gold documents"}})
+            plots.append({rel(folder / f): {"x": "k", "y": ["bm25", "dense", "clara", "clara_rerank"], "title": "Recall@k of gold documents"}})
         stages[stage.name] = entry
     return {"stages": stages, "plots": plots}
 

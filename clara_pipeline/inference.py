@@ -58,6 +58,17 @@ class ClaraRAG:
         queries = self.model.encode_queries(questions).float().numpy()
         return self.index.search(queries, k)
 
+    def rerank(self, questions: list[str], candidate_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Score given candidates [B, N] (e.g. BM25's top N) by the query reasoner's cosine, as stage 3 was
+        trained; returns (scores [B, k], rows [B, k]), best first."""
+        queries = self.model.encode_queries(questions).float().numpy().reshape(len(questions), -1)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True) + 1e-12
+        docs = self.index.embeddings(candidate_rows).reshape(*candidate_rows.shape, -1).astype(np.float32)
+        docs /= np.linalg.norm(docs, axis=-1, keepdims=True) + 1e-12
+        scores = np.einsum("bd,bnd->bn", queries, docs)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(candidate_rows, order, 1)
+
     def answer_from_rows(self, questions: list[str], rows: np.ndarray, max_new_tokens: int = 16,
                          batch_size: int = 32) -> list[str]:
         embeddings = torch.from_numpy(self.index.embeddings(rows).astype(np.float32))

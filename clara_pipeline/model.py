@@ -303,8 +303,11 @@ class ClaraModel(nn.Module):
 
     # ---- compressor / query reasoner ---------------------------------------------------------------------
 
-    def _encode(self, texts: list[str], max_len: int, adapter: str):
-        """Texts + memory tokens -> (memory states [B, n, d_enc], mean memory state, mean text-token state)."""
+    def _encode(self, texts: list[str], max_len: int, adapter: str, base_target: bool = False):
+        """Texts + memory tokens -> (memory states [B, n, d_enc], mean memory state, mean text-token state).
+
+        base_target: compute the mean text-token state with the adapters switched off and no gradient, i.e.
+        the original backbone's view of the document: the fixed target of the SCP MSE term."""
         self._use_adapter(adapter)
         tok = self.enc_tok
         pieces = tok(list(texts), add_special_tokens=False, truncation=True, max_length=max_len)["input_ids"]
@@ -328,6 +331,9 @@ class ClaraModel(nn.Module):
         emb = emb.masked_scatter(is_mem.unsqueeze(-1), mem)
         h = body(inputs_embeds=emb, attention_mask=attn).last_hidden_state
         mem_states = h[is_mem].view(B, self.n_mem, -1)
+        if base_target:
+            with torch.no_grad(), self._encoder_peft().disable_adapter():
+                h = body(inputs_embeds=emb.detach(), attention_mask=attn).last_hidden_state
         docf = is_doc.unsqueeze(-1).to(h.dtype)
         doc_mean = (h * docf).sum(1) / docf.sum(1).clamp(min=1.0)
         return mem_states, mem_states.mean(1), doc_mean
@@ -471,7 +477,10 @@ class ClaraModel(nn.Module):
 
     def stage1_loss(self, documents, questions, answers, answer_max_length=None, mse_weight: float = 0.0):
         """SCP: answer (or paraphrase) from ONE compressed document + MSE(mean memory state, mean doc state)."""
-        mem, mem_mean, doc_mean = self._encode(documents, self.doc_max_length, "compressor")
+        # The document side is a fixed target (the backbone without adapters), not a moving part: when the
+        # adapter shapes both sides it can zero the loss by mapping every state, memory and document, to one
+        # constant vector, after which all documents compress alike (seen on the embedded default).
+        mem, mem_mean, doc_mean = self._encode(documents, self.doc_max_length, "compressor", base_target=True)
         mse = F.mse_loss(mem_mean.float(), doc_mean.float())
         lm_loss, n_tok = self.answer_loss(questions, self._project(mem).unsqueeze(1), answers, answer_max_length)
         loss = lm_loss + mse_weight * mse

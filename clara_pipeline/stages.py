@@ -228,7 +228,8 @@ def run_benchmark_report(ctx: StageContext) -> dict:
     with tracking.stage_run(ctx.paths.root, "benchmark_report", {"benchmark": p["benchmark"], "registry": p["registry"]},
                             tags={"model_version": registered["version"]}) as run:
         results = run_benchmark(rag, documents, questions, p["benchmark"],
-                                dense_model_path=resolve_model_path("embedded-minilm"), seed=p["seed"], log=ctx.log)
+                                dense_model_path=resolve_model_path("embedded-minilm"), seed=p["seed"], log=ctx.log,
+                                num_candidates=p["scp"]["candidates"])
         head = headline(results)
         metric = p["registry"]["metric"]
         promotion = registry.promote(ctx.paths.root, registered["model_name"], registered["version"], head, metric,
@@ -263,7 +264,7 @@ STAGES: tuple[Stage, ...] = (
           ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.stage3", "registry"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "serving.py", _LIB + "registry.py", "configs/deepspeed"), run_clara_model),
     Stage("benchmark_report", "EM / F1 / Recall@k of CLaRa against closed-book, BM25 and dense baselines; promotion gate.",
-          ("raw_corpus", "compressed_index", "clara_model"), ("seed", "benchmark", "registry"),
+          ("raw_corpus", "compressed_index", "clara_model"), ("seed", "benchmark", "registry", "scp.candidates"),
           (_LIB + "benchmark.py", _LIB + "metrics.py", _LIB + "inference.py", _LIB + "registry.py"), run_benchmark_report,
           outputs=("report.md", "per_question.jsonl", "qa.png", "recall_at_k.png", "promotion.json", "summary.json"),
           metrics=("metrics.json",), plots=("recall_at_k.json",)),

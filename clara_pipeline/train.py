@@ -50,6 +50,12 @@ def _ensure_distributed() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
 
+    if not torch.cuda.is_available() and os.environ["WORLD_SIZE"] == "1":
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (about a minute, and it
+        # needs a C++ compiler) at init; a single process has no peer to share memory with, so skip it.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 

@@ -47,8 +47,8 @@ def test_all_assets_materialise(materialised):
 def test_report_has_every_system_with_finite_figures(materialised):
     root, _ = materialised
     metrics = json.loads((root / "artifacts" / "benchmark_report" / "metrics.json").read_text())
-    assert set(metrics["qa"]) == {"closed_book", "bm25_compressed", "clara", "oracle_compressed"}
-    assert set(metrics["retrieval"]) == {"bm25", "dense", "clara"}
+    assert set(metrics["qa"]) == {"closed_book", "bm25_compressed", "clara", "clara_rerank", "oracle_compressed"}
+    assert set(metrics["retrieval"]) == {"bm25", "dense", "clara", "clara_rerank"}
     for section in ("qa", "retrieval"):
         for system, values in metrics[section].items():
             assert all(math.isfinite(v) and 0 <= v <= 1 for v in values.values()), (section, system, values)
@@ -118,3 +118,46 @@ def test_champion_serves_questions_through_pyfunc(materialised):
     assert len(docs) == 3 and all("title" in d and "score" in d for d in docs)
     with pytest.raises(ValueError, match="k must be"):
         model.unwrap_python_model().rag.ask(["a question"], k=0)
+
+
+def test_cli_ask_prints_answer_and_retrieved_titles(materialised, monkeypatch, capsys):
+    root, _ = materialised
+    from clara_pipeline import cli
+
+    monkeypatch.setenv("CLARA_ROOT", str(root))
+    assert cli.main(["ask", "Who created the first work?", "--k", "2", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model"].endswith("@champion") and len(answer["documents"]) == 2
+    assert cli.main(["ask", "x" * 2000]) == 2
+    assert "limit" in capsys.readouterr().err
+
+
+def test_bad_params_file_is_named(tmp_path):
+    from clara_pipeline.config import load_params
+
+    (tmp_path / "params.yaml").write_text("seed: 0\ncorpus: {}\n")
+    with pytest.raises(ValueError, match=r"params.yaml: missing top-level key\(s\) scp"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_stage_without_its_inputs_names_what_to_run_first(tiny_project):
+    from clara_pipeline.config import Paths, load_params
+    from clara_pipeline.stages import run_stage
+
+    with pytest.raises(FileNotFoundError, match="run that stage first"):
+        run_stage("compressed_index", load_params(tiny_project / "params.yaml"), Paths(tiny_project))
+
+
+def test_malformed_corpus_line_names_file_and_line(tiny_project):
+    from clara_pipeline.config import Paths, load_params
+    from clara_pipeline.stages import run_stage
+
+    params = load_params(tiny_project / "params.yaml")
+    run_stage("raw_corpus", params, Paths(tiny_project))
+    docs = tiny_project / "artifacts" / "raw_corpus" / "documents.jsonl"
+    lines = docs.read_text().splitlines()
+    lines[4] = lines[4][:20]  # a truncated record
+    docs.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"documents.jsonl:5"):
+        run_stage("scp_data", params, Paths(tiny_project))
+    assert not (tiny_project / "artifacts" / "scp_data" / "stage1.jsonl").exists()
