@@ -332,11 +332,30 @@ class ClaraModel(nn.Module):
         h = body(inputs_embeds=emb, attention_mask=attn).last_hidden_state
         mem_states = h[is_mem].view(B, self.n_mem, -1)
         if base_target:
-            with torch.no_grad(), self._encoder_peft().disable_adapter():
-                h = body(inputs_embeds=emb.detach(), attention_mask=attn).last_hidden_state
-        docf = is_doc.unsqueeze(-1).to(h.dtype)
-        doc_mean = (h * docf).sum(1) / docf.sum(1).clamp(min=1.0)
+            doc_mean = self._base_doc_means(list(texts), pieces, prefix, suffix).to(device=h.device, dtype=h.dtype)
+        else:
+            docf = is_doc.unsqueeze(-1).to(h.dtype)
+            doc_mean = (h * docf).sum(1) / docf.sum(1).clamp(min=1.0)
         return mem_states, mem_states.mean(1), doc_mean
+
+    @torch.no_grad()
+    def _base_doc_means(self, texts, pieces, prefix, suffix) -> torch.Tensor:
+        """Mean token state of each text under the backbone alone (adapters off, no memory tokens).
+
+        It depends on nothing that trains, so it is computed once per text and cached: stage 1 sees each
+        document many times and would otherwise pay a second encoder pass every step."""
+        cache = self.__dict__.setdefault("_doc_target_cache", {})
+        todo = {t: p for t, p in zip(texts, pieces) if t not in cache}
+        if todo:
+            body = self._encoder_body()
+            ids, attn = _pad([prefix + p + suffix for p in todo.values()], self.enc_tok.pad_token_id)
+            device = self.mem_embeddings.device
+            with self._encoder_peft().disable_adapter():
+                h = body(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state
+            for i, (text, p) in enumerate(todo.items()):
+                states = h[i, len(prefix) : len(prefix) + len(p)].float()
+                cache[text] = states.mean(0).cpu() if len(p) else torch.zeros(h.shape[-1])
+        return torch.stack([cache[t] for t in texts])
 
     def compress_with_grad(self, texts: list[str]) -> torch.Tensor:
         """Compressed (projected) documents [B, n, d] inside the autograd graph (training)."""
