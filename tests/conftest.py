@@ -44,3 +44,21 @@ def tiny_project(tmp_path) -> Path:
     """An empty project root holding the tiny params.yaml."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A random 2-layer BERT with the MiniLM tokenizer: same code path as MiniLM, a fraction of the cost."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from clara_pipeline.config import resolve_model_path
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded-minilm"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertModel, LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from clara_pipeline.config import resolve_model_path
 from clara_pipeline.model import ClaraModel, mem_token_names, straight_through_topk
@@ -35,20 +35,6 @@ TINY_GEN = {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_
             "num_attention_heads": 2}
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> str:
-    """A random 2-layer BERT with the MiniLM tokenizer: same code path as MiniLM, a fraction of the cost."""
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("tiny_bert")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded-minilm"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
 
 
 def separate_cfg(compressor_path, doc_max_length=32, compression_rate=8):

@@ -10,7 +10,6 @@ sys.path.insert(0, str(ROOT))
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 from clara_pipeline.config import resolve_model_path
 from clara_pipeline.model import ClaraModel
@@ -37,17 +36,6 @@ TINY_GEN = {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_
             "num_attention_heads": 2}
 DS_CFG = {"backend": "deepspeed", "deepspeed_config": str(ROOT / "configs" / "deepspeed" / "cpu.json")}
 
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("tiny_bert_train")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded-minilm"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
 
 
 def make_model(compressor_path):
