@@ -40,6 +40,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from transformers.utils import logging as hf_logging
+
 from .config import resolve_model_path
 from .tokenizer import build_generator_tokenizer
 
@@ -189,7 +191,13 @@ class ClaraModel(nn.Module):
             # states that the frozen-compressor stages cache; it is also ~10% faster on CPU
             no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
             try:  # the pooler is unused; dropping it also keeps LoRA off a layer that would get no gradient
-                encoder = AutoModel.from_pretrained(enc_path, add_pooling_layer=False, **no_dropout)
+                # (transformers then reports the checkpoint's pooler weights as unexpected: expected here)
+                previous = hf_logging.get_verbosity()
+                hf_logging.set_verbosity_error()
+                try:
+                    encoder = AutoModel.from_pretrained(enc_path, add_pooling_layer=False, **no_dropout)
+                finally:
+                    hf_logging.set_verbosity(previous)
             except TypeError:
                 encoder = AutoModel.from_pretrained(enc_path, **no_dropout)
             self.mem_ids = _add_mem_tokens(self.enc_tok, encoder, self.n_mem)
