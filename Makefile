@@ -1,5 +1,5 @@
 # Every target sets up what it needs first (scripts/setup.sh is idempotent).
-.PHONY: setup run test dagster mlflow-ui repro dvc-yaml clean
+.PHONY: setup run test dagster mlflow-ui serve repro dvc-yaml clean
 
 # Telemetry off for every tool we run.
 export DAGSTER_DISABLE_TELEMETRY=1
@@ -23,6 +23,11 @@ dagster: setup
 # The MLflow UI on http://127.0.0.1:5000.
 mlflow-ui: setup
 	bash mlflow/ui.sh
+
+# Serve the registry's champion over HTTP on http://127.0.0.1:5001 (POST /invocations).
+serve: setup
+	PATH=$(CURDIR)/.venv/bin:$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow/mlflow.db \
+	  mlflow models serve -m models:/clara@champion --env-manager local -h 127.0.0.1 -p 5001
 
 # Reproduce the lineage with DVC (from its own environment; stage commands run in .venv).
 repro: setup
