@@ -47,6 +47,7 @@ from .tokenizer import build_generator_tokenizer
 
 ENCODER_LORA_TARGETS = ["query", "key", "value", "dense"]  # BERT-style attention + MLP linears
 CHECKPOINT_FORMAT = "clara-v1"
+MAX_COMPRESSION_RATE = 256  # the paper's range is 4-128; 1 (no compression) is a useful control
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -156,9 +157,11 @@ class ClaraModel(nn.Module):
         self.seed = seed
         self.mode = model_cfg.get("mode", "separate")
         self.doc_max_length = int(model_cfg.get("doc_max_length", 64))
-        self.n_mem = self.doc_max_length // int(model_cfg.get("compression_rate", 8))
-        if self.n_mem < 1:
-            raise ValueError("doc_max_length // compression_rate must be at least 1")
+        rate = int(model_cfg.get("compression_rate", 8))
+        if not 1 <= rate <= MAX_COMPRESSION_RATE or rate > self.doc_max_length:
+            raise ValueError(f"model.compression_rate={rate}: must be between 1 and "
+                             f"min({MAX_COMPRESSION_RATE}, doc_max_length={self.doc_max_length})")
+        self.n_mem = self.doc_max_length // rate
         self.question_max_length = int(model_cfg.get("question_max_length", 32))
         self.answer_max_length = int(model_cfg.get("answer_max_length", 16))
         lora_cfg = model_cfg.get("lora") or {}
@@ -319,10 +322,7 @@ class ClaraModel(nn.Module):
         self._use_adapter(adapter)
         tok = self.enc_tok
         pieces = tok(list(texts), add_special_tokens=False, truncation=True, max_length=max_len)["input_ids"]
-        if tok.cls_token_id is not None:  # BERT: [CLS] text <MEM..> [SEP]
-            prefix, suffix = [tok.cls_token_id], ([tok.sep_token_id] if tok.sep_token_id is not None else [])
-        else:  # causal LM: [BOS] text <MEM..> ; memory tokens come last so they can attend to the whole text
-            prefix, suffix = ([tok.bos_token_id] if tok.bos_token_id is not None else []), []
+        prefix, suffix = self._wrap_ids()
         seqs = [prefix + p + self.mem_ids + suffix for p in pieces]
         ids, attn = _pad(seqs, tok.pad_token_id)
         is_doc = torch.zeros_like(ids, dtype=torch.bool)
@@ -340,29 +340,48 @@ class ClaraModel(nn.Module):
         h = body(inputs_embeds=emb, attention_mask=attn).last_hidden_state
         mem_states = h[is_mem].view(B, self.n_mem, -1)
         if base_target:
-            doc_mean = self._base_doc_means(list(texts), pieces, prefix, suffix).to(device=h.device, dtype=h.dtype)
+            doc_mean = self._base_doc_means(list(texts)).to(device=h.device, dtype=h.dtype)
         else:
             docf = is_doc.unsqueeze(-1).to(h.dtype)
             doc_mean = (h * docf).sum(1) / docf.sum(1).clamp(min=1.0)
         return mem_states, mem_states.mean(1), doc_mean
 
-    @torch.no_grad()
-    def _base_doc_means(self, texts, pieces, prefix, suffix) -> torch.Tensor:
-        """Mean token state of each text under the backbone alone (adapters off, no memory tokens).
+    def _wrap_ids(self) -> tuple[list[int], list[int]]:
+        """The special tokens the encoder puts around a text: (prefix, suffix)."""
+        tok = self.enc_tok
+        if tok.cls_token_id is not None:  # BERT: [CLS] text <MEM..> [SEP]
+            return [tok.cls_token_id], ([tok.sep_token_id] if tok.sep_token_id is not None else [])
+        # causal LM: [BOS] text <MEM..> ; memory tokens come last so they can attend to the whole text
+        return ([tok.bos_token_id] if tok.bos_token_id is not None else []), []
 
-        It depends on nothing that trains, so it is computed once per text and cached: stage 1 sees each
-        document many times and would otherwise pay a second encoder pass every step."""
+    @torch.no_grad()
+    def prepare_doc_targets(self, texts: list[str], batch_size: int = 32) -> None:
+        """Compute the SCP MSE target of every text not cached yet, in the order given, `batch_size` at a time.
+
+        The target is the mean token state of a text under the backbone alone (adapters off, no memory
+        tokens). It depends on nothing that trains, so it is computed once per text: stage 1 sees each
+        document many times and would otherwise pay a second encoder pass every step. Computing it in a
+        fixed order also makes it independent of which batch first met the document (the padding would
+        otherwise differ and move the last bits), which an exact resume after a kill needs."""
         cache = self.__dict__.setdefault("_doc_target_cache", {})
-        todo = {t: p for t, p in zip(texts, pieces) if t not in cache}
-        if todo:
-            body = self._encoder_body()
-            ids, attn = _pad([prefix + p + suffix for p in todo.values()], self.enc_tok.pad_token_id)
-            device = self.mem_embeddings.device
+        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        body = self._encoder_body()
+        device = self.mem_embeddings.device
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            pieces = self.enc_tok(chunk, add_special_tokens=False, truncation=True,
+                                  max_length=self.doc_max_length)["input_ids"]
+            prefix, suffix = self._wrap_ids()
+            ids, attn = _pad([prefix + p + suffix for p in pieces], self.enc_tok.pad_token_id)
             with self._encoder_peft().disable_adapter():
                 h = body(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state
-            for i, (text, p) in enumerate(todo.items()):
-                states = h[i, len(prefix) : len(prefix) + len(p)].float()
+            for j, (text, p) in enumerate(zip(chunk, pieces)):
+                states = h[j, len(prefix) : len(prefix) + len(p)].float()
                 cache[text] = states.mean(0).cpu() if len(p) else torch.zeros(h.shape[-1])
+
+    def _base_doc_means(self, texts: list[str]) -> torch.Tensor:
+        self.prepare_doc_targets(texts)
+        cache = self.__dict__["_doc_target_cache"]
         return torch.stack([cache[t] for t in texts])
 
     def compress_with_grad(self, texts: list[str]) -> torch.Tensor:
@@ -393,8 +412,11 @@ class ClaraModel(nn.Module):
 
     # ---- generator ---------------------------------------------------------------------------------------
 
-    def _prompt_ids(self, question: str, k: int) -> tuple[list[int], int]:
-        """'Background: ' + k*n placeholders + ' Question: ' + q + ' Answer:' -> (ids, placeholder start)."""
+    def _prompt_ids(self, question: str, k: int, context: list[str] | None = None) -> tuple[list[int], int]:
+        """'Background: ' + k*n placeholders + ' Question: ' + q + ' Answer:' -> (ids, placeholder start).
+
+        context: raw document texts to put in the background instead of placeholders (the full-text
+        baseline); each is cut to doc_max_length generator tokens, the same budget the compressor reads."""
         tok = self.gen_tok
 
         def enc(s, **kw):
@@ -402,8 +424,11 @@ class ClaraModel(nn.Module):
 
         head = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + enc("Background:")
         q = enc(" " + question.strip(), truncation=True, max_length=self.question_max_length) if question.strip() else []
-        ids = head + [tok.pad_token_id] * (k * self.n_mem) + enc(" Question:") + q + enc(" Answer:")
-        return ids, len(head)
+        if context is not None:
+            body = [i for text in context for i in enc(" " + text.strip(), truncation=True, max_length=self.doc_max_length)]
+        else:
+            body = [tok.pad_token_id] * (k * self.n_mem)
+        return head + body + enc(" Question:") + q + enc(" Answer:"), len(head)
 
     def _embed_prompt(self, ids, ph_mask, doc_embeddings):
         lm = self._generator_lm()
@@ -445,25 +470,54 @@ class ClaraModel(nn.Module):
         return loss, int((lab != -100).sum())
 
     @torch.no_grad()
-    def generate(self, questions, doc_embeddings, max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
-        """Greedy answers. doc_embeddings: [B, k, n_mem, d] or None (closed book)."""
+    def generate(self, questions, doc_embeddings, max_new_tokens: int = 16, batch_size: int = 32,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int | None = None, contexts: list[list[str]] | None = None) -> list[str]:
+        """Answers, greedy or sampled, with a KV cache.
+
+        doc_embeddings: [B, k, n_mem, d] compressed documents, or None (closed book, or `contexts`).
+        contexts: per question, raw document texts for the full-text baseline (then doc_embeddings is None).
+        do_sample: sample from softmax(logits / temperature) within the top_p nucleus; `seed` makes it
+        repeatable."""
+        if contexts is not None and doc_embeddings is not None:
+            raise ValueError("give compressed doc_embeddings or raw-text contexts, not both")
+        if do_sample and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling")
+        sampler = None
+        if do_sample:
+            sampler = torch.Generator(device=self.mem_embeddings.device)
+            sampler.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         was_training = self.training
         self.eval()
         try:
             out = []
             for i in range(0, len(questions), batch_size):
                 docs = None if doc_embeddings is None else doc_embeddings[i : i + batch_size]
-                out += self._generate_batch(list(questions[i : i + batch_size]), docs, max_new_tokens)
+                ctx = None if contexts is None else contexts[i : i + batch_size]
+                out += self._generate_batch(list(questions[i : i + batch_size]), docs, max_new_tokens, ctx,
+                                            sampler, float(temperature), float(top_p))
             return out
         finally:
             self.train(was_training)
 
-    def _generate_batch(self, questions, doc_embeddings, max_new_tokens):
+    def _next_token(self, logits: torch.Tensor, sampler, temperature: float, top_p: float) -> torch.Tensor:
+        if sampler is None:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose probability reaches top_p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_p.cumsum(-1) - sorted_p >= top_p
+            sorted_p = sorted_p.masked_fill(outside, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=sampler).squeeze(-1)
+
+    def _generate_batch(self, questions, doc_embeddings, max_new_tokens, contexts=None, sampler=None,
+                        temperature=1.0, top_p=1.0):
         self._use_adapter("generator")
         tok, lm = self.gen_tok, self._generator_lm()
         device = self.mem_embeddings.device
         k = 0 if doc_embeddings is None else doc_embeddings.shape[1]
-        prompts = [self._prompt_ids(q, k) for q in questions]
+        prompts = [self._prompt_ids(q, k, None if contexts is None else contexts[i]) for i, q in enumerate(questions)]
         ids, attn = _pad([p for p, _ in prompts], tok.pad_token_id, left=True)  # left pad: all end together
         ph_mask = torch.zeros_like(ids, dtype=torch.bool)
         for i, (p, s) in enumerate(prompts):
@@ -481,7 +535,7 @@ class ClaraModel(nn.Module):
             logits = res.logits[:, -1].float()
             if len(banned):
                 logits[:, banned[banned < logits.shape[-1]]] = float("-inf")
-            nxt = logits.argmax(-1)
+            nxt = self._next_token(logits, sampler, temperature, top_p)
             nxt = torch.where(done, torch.full_like(nxt, tok.eos_token_id), nxt)
             new_tokens.append(nxt)
             done = done | (nxt == tok.eos_token_id)
@@ -499,6 +553,34 @@ class ClaraModel(nn.Module):
                 row = row[: row.index(tok.eos_token_id)]
             answers.append(tok.decode(row, skip_special_tokens=True).strip())
         return answers
+
+    # ---- inference API: what index, benchmark and serving call -------------------------------------------
+
+    @staticmethod
+    def score(query_vectors: torch.Tensor, doc_vectors: torch.Tensor) -> torch.Tensor:
+        """Cosine of flattened memory vectors: queries [Q, n, d] x documents [D, n, d] -> [Q, D].
+
+        The same score stage 3 trains the query reasoner with, and the one the index searches by."""
+        q = F.normalize(query_vectors.flatten(1).float(), dim=-1)
+        d = F.normalize(doc_vectors.flatten(1).float(), dim=-1)
+        return q @ d.T
+
+    def retrieve(self, questions: list[str], doc_vectors: torch.Tensor, k: int,
+                 batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k documents per question among doc_vectors [D, n, d] -> (indices [Q, k], scores [Q, k])."""
+        scores = self.score(self.encode_queries(questions, batch_size), doc_vectors)
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=-1)
+        return top.indices, top.values
+
+    def answer(self, questions: list[str], doc_vectors: torch.Tensor | None, **generate_kwargs) -> list[str]:
+        """Answer each question from its compressed documents [Q, k, n, d] (None = closed book)."""
+        return self.generate(questions, doc_vectors, **generate_kwargs)
+
+    def answer_from_text(self, questions: list[str], contexts: list[list[str]], **generate_kwargs) -> list[str]:
+        """The full-text baseline: answer each question from its raw documents, with the same generator."""
+        if len(contexts) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+        return self.generate(questions, None, contexts=contexts, **generate_kwargs)
 
     # ---- the three stage losses ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ a stage reads its inputs from disk, so any stage can run alone (``clara stage NA
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -108,11 +109,19 @@ def _documents_by_id(paths: Paths) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- compressor_checkpoint
+def _train_state_dir(paths: Paths, asset: str) -> Path:
+    """Where a training asset keeps its resumable checkpoints until it has finished (outside its output)."""
+    return paths.artifacts / ".train_state" / asset
+
+
 def run_compressor_checkpoint(ctx: StageContext) -> dict:
     """Stage 1 (SCP: QA + paraphrase from one compressed document, plus the MSE term) then stage 2
-    (answer from question + top-k compressed documents)."""
+    (answer from question + top-k compressed documents).
+
+    Under ``deepspeed``/``torchrun`` every process runs this; rank 0 alone logs to MLflow and writes the
+    checkpoint. A killed run picks up from its last checkpoint under artifacts/.train_state/."""
     from clara_pipeline.model import ClaraModel
-    from clara_pipeline.train import train_stage
+    from clara_pipeline.train import barrier, is_rank0, train_stage
 
     p = ctx.params
     documents = _documents_by_id(ctx.paths)
@@ -121,10 +130,11 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
     # The embedded generator's tokenizer is learnt from the text it will have to read and write.
     tokenizer_texts = list(documents.values()) + [r["question"] for r in stage2] + [r["answer"] for r in stage1]
     out = ctx.paths.compressor_checkpoint
+    state_dir = _train_state_dir(ctx.paths, "compressor_checkpoint")
     with tracking.stage_run(ctx.paths.root, "compressor_checkpoint",
                             {"seed": p["seed"], "model": p["model"], "train": p["train"]}) as run:
         model = ClaraModel.from_params(p["model"], corpus_texts=tokenizer_texts, seed=p["seed"])
-        summaries = {}
+        summaries, upstream = {}, ""
         for stage in ("stage1", "stage2"):
             records = stage1 if stage == "stage1" else stage2
             ctx.log(f"compressor_checkpoint: {stage} on {len(records)} records")
@@ -134,14 +144,22 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
                 run.log_step(step, metrics, prefix=f"{_stage}.")
                 _log(step, metrics)
 
-            summaries[stage] = train_stage(model, stage, records, documents, p["train"][stage], p["train"],
-                                           seed=p["seed"], log_fn=log_fn)
-            run.log_metrics(summaries[stage], prefix=f"{stage}.summary.")
-        if out.exists():
-            shutil.rmtree(out)
-        model.save(out)
-        run.log_artifacts(out / "config.json" if (out / "config.json").exists() else out, "checkpoint")
+            summary = train_stage(model, stage, records, documents, p["train"][stage], p["train"], seed=p["seed"],
+                                  log_fn=log_fn, checkpoint_dir=state_dir / stage, depends_on=upstream, log=ctx.log)
+            upstream = summary["fingerprint"]
+            summary.pop("losses")  # per-step losses are in MLflow
+            summaries[stage] = summary
+            run.log_metrics(summary, prefix=f"{stage}.summary.")
+        if is_rank0():
+            if out.exists():
+                shutil.rmtree(out)
+            model.save(out)
+            run.log_artifacts(out, "checkpoint")
+            shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
+        barrier()
         run_id = run.run_id
+    if not is_rank0():
+        return {"path": str(out), **summaries}
     return _write_summary(out, {"path": str(out), "mlflow_run_id": run_id, **summaries})
 
 
@@ -174,7 +192,7 @@ def run_clara_model(ctx: StageContext) -> dict:
     from clara_pipeline import registry
     from clara_pipeline.index import build_index
     from clara_pipeline.model import ClaraModel
-    from clara_pipeline.train import train_stage
+    from clara_pipeline.train import barrier, is_rank0, train_stage
 
     p = ctx.params
     cfg = p["train"]["stage3"]
@@ -182,8 +200,7 @@ def run_clara_model(ctx: StageContext) -> dict:
     stage3 = read_jsonl(ctx.paths.scp_data / "stage2.jsonl")
     model = ClaraModel.load(ctx.paths.compressor_checkpoint)
     out = ctx.paths.clara_model
-    if out.exists():
-        shutil.rmtree(out)
+    state_dir = _train_state_dir(ctx.paths, "clara_model")
     with tracking.stage_run(ctx.paths.root, "clara_model", {"seed": p["seed"], "train": p["train"],
                                                             "registry": p["registry"]}) as run:
         step_log = _progress(ctx.log, "stage3")
@@ -192,21 +209,33 @@ def run_clara_model(ctx: StageContext) -> dict:
             run.log_step(step, metrics, prefix="stage3.")
             step_log(step, metrics)
 
-        summary = train_stage(model, "stage3", stage3, documents, cfg, p["train"], seed=p["seed"], log_fn=log_fn)
+        # the compressor checkpoint's own config names what stage 3 starts from
+        start = (ctx.paths.compressor_checkpoint / "clara_config.json").read_text()
+        summary = train_stage(model, "stage3", stage3, documents, cfg, p["train"], seed=p["seed"], log_fn=log_fn,
+                              checkpoint_dir=state_dir, depends_on=start, log=ctx.log)
+        summary.pop("losses")
         run.log_metrics(summary, prefix="stage3.summary.")
-        model.save(out)
-        # A frozen compressor leaves the compressed index valid; a trained one needs its own index.
-        if cfg.get("freeze_compressor", True):
-            index_dir, own_index = ctx.paths.compressed_index, None
-        else:
-            ctx.log("clara_model: compressor was trained in stage 3, re-indexing with it")
-            build_index(model, read_jsonl(ctx.paths.raw_corpus / "documents.jsonl"), out / "index")
-            index_dir, own_index = out / "index", "index"
-        (out / "lineage.json").write_text(json.dumps({"index_dir": own_index,
-                                                       "compressor_checkpoint": str(ctx.paths.compressor_checkpoint)}))
-        version = registry.register(run, p["registry"]["model_name"], out, index_dir)
-        ctx.log(f"clara_model: registered {p['registry']['model_name']} version {version}")
+        version = None
+        if is_rank0():
+            if out.exists():
+                shutil.rmtree(out)
+            model.save(out)
+            # A frozen compressor leaves the compressed index valid; a trained one needs its own index.
+            if cfg.get("freeze_compressor", True):
+                index_dir, own_index = ctx.paths.compressed_index, None
+            else:
+                ctx.log("clara_model: compressor was trained in stage 3, re-indexing with it")
+                build_index(model, read_jsonl(ctx.paths.raw_corpus / "documents.jsonl"), out / "index")
+                index_dir, own_index = out / "index", "index"
+            (out / "lineage.json").write_text(json.dumps({"index_dir": own_index,
+                                                           "compressor_checkpoint": str(ctx.paths.compressor_checkpoint)}))
+            version = registry.register(run, p["registry"]["model_name"], out, index_dir)
+            ctx.log(f"clara_model: registered {p['registry']['model_name']} version {version}")
+            shutil.rmtree(state_dir, ignore_errors=True)
+        barrier()
         run_id = run.run_id
+    if not is_rank0():
+        return {"path": str(out), **summary}
     (out / "registered.json").write_text(json.dumps({"model_name": p["registry"]["model_name"], "version": version,
                                                      "run_id": run_id}))
     return _write_summary(out, {"path": str(out), "mlflow_run_id": run_id, "registered_version": version, **summary})
@@ -256,12 +285,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("scp_data", "SCP data: synthetic QA and paraphrases per document, and BM25 candidate lists for stages 2/3.",
           ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "retrieval.py"), run_scp_data),
     Stage("compressor_checkpoint", "Compressor + generator after SCP (stage 1) and instruction tuning (stage 2).",
-          ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.stage1", "train.stage2"),
+          ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage1", "train.stage2"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "tokenizer.py", "configs/deepspeed"), run_compressor_checkpoint),
     Stage("compressed_index", "Every document compressed once into memory-token vectors, in a faiss index.",
           ("raw_corpus", "compressor_checkpoint"), ("index",), (_LIB + "index.py", _LIB + "model.py"), run_compressed_index),
     Stage("clara_model", "Stage 3 joint training (query reasoner + generator, straight-through top-k); registered in MLflow.",
-          ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.stage3", "registry"),
+          ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage3", "registry"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "serving.py", _LIB + "registry.py", "configs/deepspeed"), run_clara_model),
     Stage("benchmark_report", "EM / F1 / Recall@k of CLaRa against closed-book, BM25 and dense baselines; promotion gate.",
           ("raw_corpus", "compressed_index", "clara_model"), ("seed", "benchmark", "registry", "scp.candidates"),
@@ -271,6 +300,7 @@ STAGES: tuple[Stage, ...] = (
 )
 
 BY_NAME = {s.name: s for s in STAGES}
+TRAINING_STAGES = ("compressor_checkpoint", "clara_model")  # the stages `deepspeed`/`torchrun` can launch
 
 
 
@@ -278,6 +308,10 @@ def run_stage(name: str, params: dict, paths: Paths, log: Callable[[str], None] 
     if name not in BY_NAME:
         raise KeyError(f"unknown stage {name!r}; stages are {', '.join(BY_NAME)}")
     stage = BY_NAME[name]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and name not in TRAINING_STAGES:
+        raise ValueError(f"stage {name} runs in one process; only {', '.join(TRAINING_STAGES)} run under a "
+                         f"multi-process launcher (WORLD_SIZE={world})")
     for upstream in stage.reads:
         folder = paths.stage_dir(upstream)
         if not folder.exists():

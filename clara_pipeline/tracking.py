@@ -88,9 +88,28 @@ class StageRun:
         self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+class NoRun:
+    """What processes other than rank 0 get under a multi-process launcher: logging is rank 0's job."""
+
+    run_id = None
+
+    def log_step(self, *args, **kwargs) -> None: ...
+
+    def log_metrics(self, *args, **kwargs) -> None: ...
+
+    def log_artifacts(self, *args, **kwargs) -> None: ...
+
+    def set_tags(self, *args, **kwargs) -> None: ...
+
+
 @contextlib.contextmanager
 def stage_run(root: Path, stage: str, params: dict, tags: dict | None = None):
-    """One MLflow run for one stage; params.yaml is logged flattened (values truncated to MLflow's limit)."""
+    """One MLflow run for one stage; params.yaml is logged flattened (values truncated to MLflow's limit).
+
+    Only rank 0 logs: under ``deepspeed``/``torchrun`` (RANK set by the launcher) other ranks get a NoRun."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield NoRun()
+        return
     mlflow = configure(root)
     with mlflow.start_run(run_name=stage) as run:
         mlflow.set_tags({"stage": stage, "git_commit": _git_commit(root),

@@ -5,26 +5,43 @@ stage2: instruction tuning, answer from the question + top_k compressed docs (go
 stage3: joint training, the query reasoner picks top_k of N candidates with straight-through top-k and
         only the answer loss trains it.
 
+One step = one optimizer update over ``gradient_accumulation_steps`` micro-batches of ``batch_size`` rows
+per process; under a launcher (``deepspeed`` or ``torchrun``) every process draws the same global batch
+from the same seeded sampler and trains on its own slice, so the global batch is batch_size x accumulation
+x world size, as DeepSpeed counts it.
+
+Long runs survive a kill: every ``checkpoint_every`` steps the trainable weights, the optimizer, the
+scheduler, the sampler's position and every RNG are saved (DeepSpeed's own checkpoint, so ZeRO-partitioned
+optimizer states work on many GPUs); ``train_stage`` given the same ``checkpoint_dir`` continues from the
+latest one and produces the same loss curve as a run that was never interrupted (tests/test_train.py kills
+one to check). A checkpoint left by a different configuration or data is never resumed: its fingerprint
+would not match.
+
 When the compressor is frozen (stage2 train_compressor=false, stage3 freeze_compressor=true) every needed
 document is compressed once up front and cached: on 2 CPU cores that turns ~1.5 s/step into ~0.3 s/step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import socket
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .config import project_root
 from .model import ClaraModel
 
 PARAPHRASE_INSTRUCTION = "Paraphrase:"
+# settings that change how a run is saved or shown, not what it computes: they stay out of the fingerprint
+_BOOKKEEPING_KEYS = {"checkpoint_every", "keep_checkpoints", "log_every", "num_threads"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -37,8 +54,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (1 outside a launcher)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_rank0() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def _ensure_distributed() -> None:
-    """One process group per process: several stages run in one process and must not re-initialise it."""
+    """One process group per process: several stages run in one process and must not re-initialise it.
+
+    Under ``deepspeed``/``torchrun`` the launcher has set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+    MASTER_PORT; alone, this process is rank 0 of 1."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -50,31 +90,34 @@ def _ensure_distributed() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
 
-    if not torch.cuda.is_available() and os.environ["WORLD_SIZE"] == "1":
-        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (about a minute, and it
-        # needs a C++ compiler) at init; a single process has no peer to share memory with, so skip it.
+    if not torch.cuda.is_available() and os.environ.get("CLARA_DS_SHM_COMM") != "1":
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel at init (about a minute,
+        # and it needs a C++ compiler). gloo does the same job without it; CLARA_DS_SHM_COMM=1 turns it on.
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def load_deepspeed_config(train_cfg: dict, batch_size: int) -> dict:
+    """The JSON config named in params.yaml, with the batch geometry filled in from params.yaml.
+
+    params.yaml is the one place the batch is set: "auto" (or a missing key) takes its value, and a JSON
+    value that contradicts it is an error rather than a silent override."""
     path = Path(train_cfg.get("deepspeed_config", "configs/deepspeed/cpu.json"))
     if not path.is_absolute():
         path = project_root() / path
     cfg = json.loads(path.read_text())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cfg["train_micro_batch_size_per_gpu"] = int(batch_size)
-    if cfg.get("gradient_accumulation_steps", "auto") == "auto":
-        cfg["gradient_accumulation_steps"] = 1
-    cfg["train_batch_size"] = int(batch_size) * int(cfg["gradient_accumulation_steps"]) * world
+    world = rank_and_world()[1]
+    accum = int(train_cfg.get("gradient_accumulation_steps", 1))
+    for key, want in (("train_micro_batch_size_per_gpu", int(batch_size)), ("gradient_accumulation_steps", accum)):
+        have = cfg.get(key, "auto")
+        if have != "auto" and int(have) != want:
+            raise ValueError(f"{path}: {key}={have} contradicts params.yaml ({want}); set it to \"auto\"")
+        cfg[key] = want
+    cfg["train_batch_size"] = int(batch_size) * accum * world
     for key, value in list(cfg.items()):  # any other "auto" left: let DeepSpeed use its default
         if value == "auto":
             del cfg[key]
@@ -86,7 +129,7 @@ def load_deepspeed_config(train_cfg: dict, batch_size: int) -> dict:
 
 
 def _doc_text(record: dict, documents: dict[str, str]) -> str:
-    for key in ("document", "doc_text", "text"):
+    for key in ("document", "doc_text", "text", "doc"):
         if record.get(key):
             return record[key]
     return documents[record["doc_id"]]
@@ -104,7 +147,7 @@ def _stage_docs(record: dict, documents: dict, k: int, rng: random.Random) -> li
 
 
 class _Sampler:
-    """Epoch-wise shuffled batches of indices, reproducible from the seed."""
+    """Epoch-wise shuffled batches of indices, reproducible from the seed, with a resumable position."""
 
     def __init__(self, n: int, batch_size: int, rng: random.Random):
         self.n, self.bs, self.rng, self.order = n, batch_size, rng, []
@@ -117,6 +160,13 @@ class _Sampler:
                 self.rng.shuffle(self.order)
             out.append(self.order.pop())
         return out
+
+    def state_dict(self) -> dict:
+        return {"order": list(self.order), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order = list(state["order"])
+        self.rng.setstate(state["rng"])
 
 
 def _lr_lambda(steps: int, warmup_frac: float = 0.06, final_frac: float = 0.1):
@@ -132,6 +182,169 @@ def _lr_lambda(steps: int, warmup_frac: float = 0.06, final_frac: float = 0.1):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# one optimizer step, the same for DeepSpeed and plain PyTorch
+
+
+class Stepper:
+    """Owns the optimizer (inside a DeepSpeed engine, or plain AdamW) and does one update per call.
+
+    Kept apart from the data loop so that benchmarks/model_throughput.py times exactly this step."""
+
+    def __init__(self, model: ClaraModel, params: list, stage_cfg: dict, train_cfg: dict, steps: int):
+        self.model = model
+        self.params = params
+        self.accum = int(train_cfg.get("gradient_accumulation_steps", 1))
+        if self.accum < 1:
+            raise ValueError("train.gradient_accumulation_steps must be at least 1")
+        lr = float(stage_cfg.get("lr", 1e-4))
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(stage_cfg.get("weight_decay", 0.0)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(steps))
+        self.backend = train_cfg.get("backend", "deepspeed")
+        self.engine = None
+        if self.backend == "deepspeed":
+            import deepspeed
+
+            _ensure_distributed()
+            ds_cfg = load_deepspeed_config(train_cfg, int(stage_cfg.get("batch_size", 16)))
+            self.grad_clip = float(ds_cfg.get("gradient_clipping", 0.0))
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, model_parameters=params, optimizer=self.optimizer, lr_scheduler=self.scheduler,
+                config=ds_cfg,
+            )
+        elif self.backend == "torch":
+            self.grad_clip = float(train_cfg.get("gradient_clipping", 1.0))
+        else:
+            raise ValueError(f"train.backend must be 'deepspeed' or 'torch', got {self.backend!r}")
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step(self, stage: str, micro_batches: list[dict]) -> tuple[float, dict]:
+        """Forward + backward over the micro-batches, then one optimizer update; returns the mean loss."""
+        if len(micro_batches) != self.accum:
+            raise ValueError(f"expected {self.accum} micro-batches, got {len(micro_batches)}")
+        losses, metrics = [], {}
+        for batch in micro_batches:
+            if self.engine is not None:
+                loss, metrics = self.engine(stage=stage, **batch)
+                self.engine.backward(loss)  # scales by 1/accum and steps only at the boundary
+                self.engine.step()
+            else:
+                loss, metrics = self.model(stage=stage, **batch)
+                (loss / self.accum).backward()
+            losses.append(float(loss.item()))
+        if self.engine is None:
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses), metrics
+
+    # ---- checkpoints: everything an exact resume needs -------------------------------------------------
+
+    def save(self, directory: Path, tag: str, client_state: dict, keep: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.engine is not None:
+            # every rank takes part (ZeRO shards optimizer state); frozen base weights are not saved
+            self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state,
+                                        exclude_frozen_parameters=True)
+        elif is_rank0():
+            tmp = directory / f".tmp-{tag}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            trainable = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+            save_file(trainable, str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "client_state": client_state}, tmp / "state.pt")
+            shutil.rmtree(directory / tag, ignore_errors=True)
+            os.replace(tmp, directory / tag)
+            _write_atomic(directory / "latest", tag)
+        barrier()
+        if is_rank0():  # keep the newest `keep` checkpoints
+            tags = sorted(p.name for p in directory.glob("step-*") if p.is_dir())
+            for old in tags[:-max(1, keep)]:
+                shutil.rmtree(directory / old, ignore_errors=True)
+        barrier()
+
+    def load(self, directory: Path) -> dict:
+        tag = (directory / "latest").read_text().strip()
+        if self.engine is not None:
+            path, client_state = self.engine.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
+            if path is None:
+                raise RuntimeError(f"{directory}/{tag}: DeepSpeed could not load this checkpoint")
+            return client_state
+        state = load_file(str(directory / tag / "trainable.safetensors"))
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                named[name].copy_(tensor)
+        saved = torch.load(directory / tag / "state.pt", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        return saved["client_state"]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_fingerprint(stage: str, records: list[dict], documents: dict[str, str], stage_cfg: dict,
+                    train_cfg: dict, seed: int, model_cfg: dict, depends_on: str = "") -> str:
+    """What a checkpoint was trained on and with: a resume only continues a run with the same one.
+
+    depends_on: the fingerprint of the run that produced the starting weights (stage 2 starts from stage 1)."""
+    h = hashlib.sha256()
+    settings = {
+        "stage": stage,
+        "depends_on": depends_on,
+        "seed": seed,
+        "world": rank_and_world()[1],
+        "stage_cfg": {k: v for k, v in stage_cfg.items() if k not in _BOOKKEEPING_KEYS},
+        "train_cfg": {k: v for k, v in train_cfg.items() if k not in _BOOKKEEPING_KEYS | {"stage1", "stage2", "stage3"}},
+        "model_cfg": model_cfg,
+    }
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for record in records:
+        h.update(json.dumps(record, sort_keys=True, default=str).encode())
+    for doc_id in sorted(documents):
+        h.update(doc_id.encode() + b"\0" + documents[doc_id].encode())
+    return h.hexdigest()[:16]
+
+
+def _prepare_checkpoint_dir(directory: Path, fingerprint: str, log) -> bool:
+    """True when `directory` holds a checkpoint of this very run to resume from; otherwise make it fresh."""
+    marker = directory / "fingerprint.txt"
+    resumable = marker.exists() and marker.read_text().strip() == fingerprint and (directory / "latest").exists()
+    barrier()  # every rank decides before rank 0 touches the folder
+    if not resumable and is_rank0():
+        if directory.exists():
+            log(f"{directory}: checkpoints from a different configuration or data; starting afresh")
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        _write_atomic(marker, fingerprint)
+    barrier()
+    return resumable
+
+
+# ----------------------------------------------------------------------------------------------------------
 # the loop
 
 
@@ -144,7 +357,12 @@ def train_stage(
     train_cfg: dict,
     seed: int = 0,
     log_fn=None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    depends_on: str = "",
+    log=print,
 ) -> dict:
+    """Train one stage. With `checkpoint_dir`, save every `train.checkpoint_every` steps and at the end, and
+    continue from the latest checkpoint of the same run (a finished one is loaded, not retrained)."""
     if stage not in ("stage1", "stage2", "stage3"):
         raise ValueError(f"unknown stage {stage!r}")
     if not records:
@@ -158,7 +376,6 @@ def train_stage(
 
     steps = int(stage_cfg.get("steps", 100))
     bs = int(stage_cfg.get("batch_size", 16))
-    lr = float(stage_cfg.get("lr", 1e-4))
     top_k = int(stage_cfg.get("top_k", 3))
 
     # ---- what trains in this stage
@@ -191,6 +408,12 @@ def train_stage(
     if not data:
         raise ValueError(f"{stage}: no record has {top_k} documents found in `documents`")
 
+    mse_weight = float(stage_cfg.get("mse_weight", 0.0))
+    if stage == "stage1" and mse_weight > 0:
+        # the MSE target of every document, computed once in a fixed order: a resumed run then sees
+        # bit-identical targets (batch composition would otherwise change the padding and the last bits)
+        model.prepare_doc_targets(sorted({_doc_text(r, documents) for r, _ in data}))
+
     cache = None
     if frozen_compressor:
         needed = sorted({d for _, ids in data for d in ids})
@@ -219,7 +442,7 @@ def train_stage(
                 answer_max_length=[
                     int(stage_cfg.get("paraphrase_max_length", 48)) if p else model.answer_max_length for p in para
                 ],
-                mse_weight=float(stage_cfg.get("mse_weight", 0.0)),
+                mse_weight=mse_weight,
             )
         docs = doc_tensor([ids for _, ids in batch])
         if stage == "stage2":
@@ -229,53 +452,47 @@ def train_stage(
             top_k=top_k, temperature=float(stage_cfg.get("temperature", 1.0)),
         )
 
-    # ---- optimizer: DeepSpeed engine or plain AdamW
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(stage_cfg.get("weight_decay", 0.0)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps))
-    backend = train_cfg.get("backend", "deepspeed")
-    if backend == "deepspeed":
-        import deepspeed
+    stepper = Stepper(model, params, stage_cfg, train_cfg, steps)
+    rank, world = rank_and_world()
+    # every rank draws the same global batch and keeps its own slice (the sampler state is then one thing)
+    sampler = _Sampler(len(data), bs * world, rng)
 
-        _ensure_distributed()
-        ds_cfg = load_deepspeed_config(train_cfg, bs)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=params, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
-        )
-    elif backend == "torch":
-        engine = None
-    else:
-        raise ValueError(f"train.backend must be 'deepspeed' or 'torch', got {backend!r}")
+    # ---- resume
+    every = int(train_cfg.get("checkpoint_every", 0)) if checkpoint_dir is not None else 0
+    start, losses, resumed_from = 0, [], None
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    fingerprint = run_fingerprint(stage, records, documents, stage_cfg, train_cfg, seed, model.model_cfg, depends_on)
+    if ckpt is not None:
+        if _prepare_checkpoint_dir(ckpt, fingerprint, log):
+            client = stepper.load(ckpt)
+            start, losses = int(client["step"]), list(client["losses"])
+            sampler.load_state_dict(client["sampler"])
+            _set_rng_state(client["rng"])
+            resumed_from = start
+            log(f"{stage}: resumed from {ckpt} at step {start} of {steps}")
 
     model.train()
-    sampler = _Sampler(len(data), bs, rng)
     log_every = int(stage_cfg.get("log_every", max(1, min(10, steps // 30))))
-    rank0 = _is_rank0()
-    losses, t0 = [], time.time()
-    for step in range(steps):
+    rank0 = rank == 0
+    t0 = time.time()
+    for step in range(start, steps):
         t_step = time.time()
-        lr_now = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it in step())
-        batch = make_batch(sampler.next())
-        if engine is not None:
-            loss, metrics = engine(stage=stage, **batch)
-            engine.backward(loss)
-            engine.step()
-        else:
-            loss, metrics = model(stage=stage, **batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-        loss_value = float(loss.item())
+        lr_now = stepper.lr  # the rate this step uses (the scheduler moves it after the update)
+        micro = [make_batch(sampler.next()[rank * bs:(rank + 1) * bs]) for _ in range(stepper.accum)]
+        loss_value, metrics = stepper.step(stage, micro)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"{stage}: loss became {loss_value} at step {step}")
         losses.append(loss_value)
         if log_fn is not None and rank0 and (step % log_every == 0 or step == steps - 1):
             dt = max(time.time() - t_step, 1e-9)
             logged = {"loss": loss_value, "lr": lr_now, "step_seconds": dt,
-                      "tokens_per_s": metrics.get("answer_tokens", 0) / dt, "samples_per_s": bs / dt}
+                      "tokens_per_s": metrics.get("answer_tokens", 0) * stepper.accum / dt,
+                      "samples_per_s": bs * stepper.accum * world / dt}
             logged.update({k: float(v) for k, v in metrics.items() if k != "answer_tokens"})
             log_fn(step, logged)
+        if every and ((step + 1) % every == 0 or step + 1 == steps):
+            client = {"step": step + 1, "losses": losses, "sampler": sampler.state_dict(), "rng": _rng_state()}
+            stepper.save(ckpt, f"step-{step + 1:08d}", client, int(train_cfg.get("keep_checkpoints", 2)))
 
     seconds = time.time() - t0
     if "compressor" in parts:
@@ -285,13 +502,18 @@ def train_stage(
     tail = losses[-max(1, min(10, len(losses))):]
     return {
         "stage": stage,
-        "backend": backend,
+        "backend": stepper.backend,
         "steps": steps,
+        "gradient_accumulation_steps": stepper.accum,
+        "world_size": world,
+        "resumed_from_step": resumed_from,
+        "fingerprint": fingerprint,
         "first_loss": losses[0],
         "final_loss": sum(tail) / len(tail),
         "mean_loss": sum(losses) / len(losses),
+        "losses": losses,
         "seconds": seconds,
-        "seconds_per_step": seconds / max(1, steps),
+        "seconds_per_step": seconds / max(1, steps - start),
         "trainable_params": n_trainable,
         "records": len(data),
         "cached_documents": 0 if cache is None else len(cache),

@@ -164,29 +164,61 @@ ARCHS = {
 }
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_shared_mode_tiny_backbones(arch, tmp_path):
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    """Tiny random-init Llama, Qwen2 and Mistral causal LMs saved as local folders (real architectures)."""
+    root = tmp_path_factory.mktemp("backbones")
     tok = build_generator_tokenizer(corpus(), vocab_size=500)
-    cfg = ARCHS[arch](len(tok))
-    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / arch)
-    tok.save_pretrained(tmp_path / arch)
-    model_cfg = {"mode": "shared", "backbone_path": str(tmp_path / arch), "doc_max_length": 32,
-                 "compression_rate": 4, "question_max_length": 16, "answer_max_length": 8, "lora": dict(LORA)}
-    model = ClaraModel.from_params(model_cfg)
-    assert model.n_mem == 8 and model.projector is None and model.hidden_size == 32
-    assert all(name in model.enc_tok.get_vocab() for name in mem_token_names(8))
-    assert model._generator_lm().get_input_embeddings().weight.shape[0] >= len(model.enc_tok)
-    assert set(model.backbone.peft_config) == {"compressor", "generator", "query"}
-    assert model.compress(DOCS[:3]).shape == (3, 8, 32)
+    for arch, make in ARCHS.items():
+        cfg = make(len(tok))
+        cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(root / arch)
+        tok.save_pretrained(root / arch)
+    return root
 
+
+def shared_cfg(path, compression_rate=4):
+    return {"mode": "shared", "backbone_path": str(path), "doc_max_length": 32, "compression_rate": compression_rate,
+            "question_max_length": 16, "answer_max_length": 8, "lora": dict(LORA)}
+
+
+def randomise_lora_b(model, adapters=("compressor", "generator", "query")):
+    """LoRA B starts at zero, which would hide adapters from every check; give them non-zero values."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n and n.split(".")[-2] in adapters:
+                p.normal_(0, 0.05)
+
+
+@pytest.mark.parametrize("rate", [1, 4, 32])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_shared_mode_memory_token_count(backbones, arch, rate):
+    model = ClaraModel.from_params(shared_cfg(backbones / arch, rate))
+    n = 32 // rate
+    assert model.n_mem == n and model.mem_embeddings.shape == (n, 32)
+    assert model.mem_ids == model.enc_tok.convert_tokens_to_ids(mem_token_names(n))
+    assert model._generator_lm().get_input_embeddings().weight.shape[0] > max(model.mem_ids)
+    assert model.compress(DOCS[:3]).shape == (3, n, 32)
+    assert model.encode_queries(["Who?"]).shape == (1, n, 32)
+
+
+@pytest.mark.parametrize("rate", [0, 64, 257])
+def test_compression_rate_out_of_range_is_an_error(tiny_bert, rate):
+    with pytest.raises(ValueError, match="compression_rate"):
+        ClaraModel.from_params(separate_cfg(tiny_bert, doc_max_length=32, compression_rate=rate), corpus())
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_shared_mode_tiny_backbones(backbones, arch, tmp_path):
+    model = ClaraModel.from_params(shared_cfg(backbones / arch))
+    assert model.n_mem == 8 and model.projector is None and model.hidden_size == 32
+    assert set(model.backbone.peft_config) == {"compressor", "generator", "query"}
+
+    # stage 1: compressor, generator and memory rows get gradient; the base weights none
     model.train()
     model.set_trainable({"compressor", "generator"})
-    with torch.no_grad():  # non-zero generator LoRA B, so gradient reaches the compressor through it
-        for n, p in model.named_parameters():
-            if "lora_B" in n and n.split(".")[-2] == "generator":
-                p.normal_(0, 0.05)
+    randomise_lora_b(model, ("generator",))  # so gradient reaches the compressor through the generator
     loss, metrics = model.stage1_loss(DOCS[:2], ["Where was Alba Rint born?", "When was Corva founded?"],
                                       ["Corva", "1312"], mse_weight=0.1)
     assert torch.isfinite(loss)
@@ -195,7 +227,29 @@ def test_shared_mode_tiny_backbones(arch, tmp_path):
     assert any(g is not None and g.abs().sum() > 0 for _, g in lora_grads(model, "generator"))
     assert model.mem_embeddings.grad is not None and model.mem_embeddings.grad.abs().sum() > 0
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n and n != "mem_embeddings")
-    assert len(model.generate(["Where?"], model.compress(DOCS[:1]).unsqueeze(1), max_new_tokens=3)) == 1
+
+    # stage 3 with a frozen compressor: the answer loss reaches the query reasoner and not the compressor
+    model.zero_grad(set_to_none=True)
+    model.set_trainable({"query", "generator"})
+    randomise_lora_b(model)
+    cands = model.compress(DOCS[:4]).view(1, 4, model.n_mem, -1).repeat(2, 1, 1, 1)
+    loss, _, selection, scores = model.stage3_loss(["Where was Alba Rint born?", "Who wrote Grey Harbour?"], cands,
+                                                   ["Corva", "Oren Vask"], top_k=2, temperature=0.5)
+    assert torch.equal(selection.detach(), F.one_hot(torch.topk(scores, 2, dim=-1).indices, 4).to(selection.dtype))
+    loss.backward()
+    assert any(g is not None and g.abs().sum() > 0 for _, g in lora_grads(model, "query"))
+    assert all(g is None for _, g in lora_grads(model, "compressor")) and model.mem_embeddings.grad is None
+
+    # save -> load: bit-identical compression, scores and answers (greedy and seeded sampling)
+    model.save(tmp_path / "ckpt")
+    loaded = ClaraModel.load(tmp_path / "ckpt")
+    docs = model.compress(DOCS)
+    assert torch.equal(docs, loaded.compress(DOCS))
+    qs = [q for q, _, _ in QA[:3]]
+    assert torch.equal(model.encode_queries(qs), loaded.encode_queries(qs))
+    ctx = docs[:3].unsqueeze(1)
+    assert model.generate(qs, ctx, 5) == loaded.generate(qs, ctx, 5)
+    assert (model.generate(qs, ctx, 5, do_sample=True, seed=7) == loaded.generate(qs, ctx, 5, do_sample=True, seed=7))
 
 
 def test_separate_mode_with_local_generator_path(tiny_bert, tmp_path):
@@ -225,3 +279,40 @@ def test_separate_mode_with_local_generator_path(tiny_bert, tmp_path):
     docs = model.compress(DOCS[:2]).unsqueeze(1)
     assert torch.equal(docs, loaded.compress(DOCS[:2]).unsqueeze(1))
     assert model.generate(["Where?", "When?"], docs, 5) == loaded.generate(["Where?", "When?"], docs, 5)
+
+
+# ---- inference API -------------------------------------------------------------------------------------------
+
+
+def test_inference_api_batched_sampled_and_full_text(tiny_bert):
+    model = ClaraModel.from_params(separate_cfg(tiny_bert), corpus(), seed=1)
+    randomise_lora_b(model)
+    docs = model.compress(DOCS)
+    qs = [q for q, _, _ in QA]
+
+    scores = model.score(model.encode_queries(qs), docs)
+    manual = F.cosine_similarity(model.encode_queries(qs).flatten(1)[:, None], docs.flatten(1)[None], dim=-1)
+    assert scores.shape == (6, 6) and torch.allclose(scores, manual, atol=1e-6)
+    idx, top = model.retrieve(qs, docs, k=2)
+    assert torch.equal(idx, torch.topk(scores, 2, dim=-1).indices) and torch.allclose(top, scores.gather(1, idx))
+    assert torch.equal(model.score(docs, docs).argmax(-1), torch.arange(6))  # a document is closest to itself
+
+    ctx = docs[idx]  # [Q, 2, n, d]: each question with its own top-2
+    greedy = model.answer(qs, ctx, max_new_tokens=5)
+    # batching (left padding, KV cache) does not change answers
+    assert greedy == model.answer(qs, ctx, max_new_tokens=5, batch_size=1)
+    # a nucleus too small to hold more than the top token is greedy decoding
+    assert greedy == model.answer(qs, ctx, max_new_tokens=5, do_sample=True, top_p=1e-9, seed=0)
+    sampled = model.answer(qs, ctx, max_new_tokens=5, do_sample=True, temperature=5.0, seed=0)
+    assert sampled == model.answer(qs, ctx, max_new_tokens=5, do_sample=True, temperature=5.0, seed=0)
+    assert sampled != greedy  # a hot, random-init model does not sample the argmax at every step
+
+    texts = [[DOCS[i] for i in row] for row in idx.tolist()]
+    full = model.answer_from_text(qs, texts, max_new_tokens=5)
+    assert len(full) == 6 and full == model.answer_from_text(qs, texts, max_new_tokens=5, batch_size=4)
+    prompt, start = model._prompt_ids(qs[0], 0, texts[0])
+    compressed_prompt, _ = model._prompt_ids(qs[0], 2)
+    assert len(prompt) > len(compressed_prompt)  # raw text costs more positions than 2 x n_mem slots
+    assert model.gen_tok.decode(prompt[start:]).startswith(" " + DOCS[idx[0, 0]][:20])
+    with pytest.raises(ValueError, match="contexts"):
+        model.answer_from_text(qs, texts[:2])

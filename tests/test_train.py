@@ -1,8 +1,13 @@
 """train_stage: DeepSpeed on CPU (gloo) for all three stages, and a short learning check."""
 
+import json
 import math
+import os
 import random
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +40,12 @@ QA = [
 TINY_GEN = {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 2}
 DS_CFG = {"backend": "deepspeed", "deepspeed_config": str(ROOT / "configs" / "deepspeed" / "cpu.json")}
+RESUME_STAGE_CFG = {"steps": 10, "batch_size": 4, "lr": 1e-3, "mse_weight": 0.1, "paraphrase_max_length": 24,
+                    "log_every": 1}
+
+
+def train_cfg(backend: str, **extra) -> dict:
+    return {**DS_CFG, "backend": backend, "checkpoint_every": 2, "keep_checkpoints": 2, **extra}
 
 
 
@@ -139,3 +150,71 @@ def test_mse_term_does_not_collapse_documents():
     vectors = model.compress(list(DOCUMENTS.values())).flatten(1)
     spread = (vectors.std(0).mean() / vectors.abs().mean()).item()
     assert spread > 0.1, f"documents compress alike (relative spread {spread:.2e})"
+
+
+# ---- checkpoints: kill, resume, same curve ---------------------------------------------------------------
+
+
+def _start_worker(tiny_bert, backend, ckpt, out, sleep):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)  # the worker is its own single-process group
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "train_worker.py"), tiny_bert, backend, str(ckpt),
+                             str(out), str(sleep)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("backend", ["deepspeed", "torch"])
+def test_kill_and_resume_reproduces_the_loss_curve(tiny_bert, tmp_path, backend):
+    """SIGKILL a run after its step-4 checkpoint, resume it: the loss curve equals an uninterrupted run's."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "resumed.json"
+    worker = _start_worker(tiny_bert, backend, ckpt, out, sleep=0.5)
+    deadline = time.time() + 120
+    while not ((ckpt / "latest").exists() and (ckpt / "latest").read_text().strip() >= "step-00000004"):
+        assert worker.poll() is None, worker.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "no step-4 checkpoint within 120 s"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not out.exists(), "the worker finished before it was killed: the test would prove nothing"
+    killed_at = len(out.with_suffix(".steps").read_text().split())
+    assert killed_at < RESUME_STAGE_CFG["steps"]
+
+    worker = _start_worker(tiny_bert, backend, ckpt, out, sleep=0)
+    log = worker.communicate(timeout=300)[0].decode()
+    assert worker.returncode == 0, log[-3000:]
+    resumed = json.loads(out.read_text())
+    assert resumed["resumed_from_step"] >= 4
+
+    straight = train_stage(make_model(tiny_bert), "stage1", stage1_records(), DOCUMENTS, dict(RESUME_STAGE_CFG),
+                           train_cfg(backend), seed=0, checkpoint_dir=tmp_path / "straight")
+    assert straight["resumed_from_step"] is None
+    assert len(resumed["losses"]) == len(straight["losses"]) == RESUME_STAGE_CFG["steps"]
+    assert resumed["losses"] == straight["losses"]  # exact, step by step
+    assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000008", "step-00000010"]  # keep_checkpoints=2
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tiny_bert, tmp_path):
+    cfg = dict(RESUME_STAGE_CFG, steps=4)
+    first = train_stage(make_model(tiny_bert), "stage1", stage1_records(), DOCUMENTS, cfg, train_cfg("torch"),
+                        seed=0, checkpoint_dir=tmp_path)
+    assert first["resumed_from_step"] is None and (tmp_path / "latest").read_text() == "step-00000004"
+    again = train_stage(make_model(tiny_bert), "stage1", stage1_records(), DOCUMENTS, dict(cfg, lr=5e-4),
+                        train_cfg("torch"), seed=0, checkpoint_dir=tmp_path, log=lambda _: None)
+    assert again["resumed_from_step"] is None  # a different lr: the old checkpoint is discarded
+    same = train_stage(make_model(tiny_bert), "stage1", stage1_records(), DOCUMENTS, dict(cfg, lr=5e-4),
+                       train_cfg("torch"), seed=0, checkpoint_dir=tmp_path, log=lambda _: None)
+    # the same run again: its final checkpoint is loaded, nothing is retrained
+    assert same["resumed_from_step"] == 4 and same["losses"] == again["losses"]
+
+
+def test_gradient_accumulation_same_in_deepspeed_and_torch(tiny_bert):
+    """Two micro-batches per update: DeepSpeed's engine and the plain loop must take the same steps."""
+    cfg = dict(RESUME_STAGE_CFG, steps=4, batch_size=2)
+    runs = {backend: train_stage(make_model(tiny_bert), "stage1", stage1_records(), DOCUMENTS, cfg,
+                                 {**DS_CFG, "backend": backend, "gradient_accumulation_steps": 2}, seed=0)
+            for backend in ("deepspeed", "torch")}
+    assert runs["deepspeed"]["gradient_accumulation_steps"] == 2
+    assert runs["deepspeed"]["losses"] == pytest.approx(runs["torch"]["losses"], rel=1e-5)
+    one = train_stage(make_model(tiny_bert), "stage1", stage1_records(), DOCUMENTS, cfg,
+                      {**DS_CFG, "backend": "torch"}, seed=0)
+    assert one["losses"][0] != runs["torch"]["losses"][0]  # first update saw a different (smaller) batch
