@@ -85,8 +85,10 @@ def run_scp_data(ctx: StageContext) -> dict:
     corpus = ctx.paths.raw_corpus
     documents = read_jsonl(corpus / "documents.jsonl")
     questions = read_jsonl(corpus / "questions_train.jsonl")
-    synth = make_synthesizer(cfg, ctx.params["seed"])
-    stage1, stage1_stats = build_stage1_records(documents, synth, cfg["max_qa_per_doc"], cfg["paraphrases_per_doc"])
+    # LLM replies are cached by document hash + prompt version + model, so a rerun never pays twice
+    synth = make_synthesizer(cfg, ctx.params["seed"], cache_dir=ctx.paths.artifacts / ".cache" / "scp")
+    stage1, stage1_stats = build_stage1_records(documents, synth, cfg["max_qa_per_doc"], cfg["paraphrases_per_doc"],
+                                                log=ctx.log)
     stage2, cand_stats = build_candidates(questions, BM25Retriever(documents), cfg["candidates"])
     out = ctx.paths.scp_data
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +285,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("raw_corpus", "Seeded fictional encyclopedia with held-out single-hop and two-hop questions.",
           (), ("seed", "corpus"), (_LIB + "corpus.py",), run_raw_corpus),
     Stage("scp_data", "SCP data: synthetic QA and paraphrases per document, and BM25 candidate lists for stages 2/3.",
-          ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "retrieval.py"), run_scp_data),
+          ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "prompts.py", _LIB + "retrieval.py"), run_scp_data),
     Stage("compressor_checkpoint", "Compressor + generator after SCP (stage 1) and instruction tuning (stage 2).",
           ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage1", "train.stage2"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "tokenizer.py", "configs/deepspeed"), run_compressor_checkpoint),
