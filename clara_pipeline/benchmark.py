@@ -29,43 +29,13 @@ import torch
 
 from clara_pipeline.inference import ClaraRAG
 from clara_pipeline.metrics import aggregate, exact_match, mrr, recall_at_k, token_f1
-from clara_pipeline.retrieval import BM25Retriever
+from clara_pipeline.retrieval import BM25Retriever, DenseRetriever
 
 
 def eval_fingerprint(questions: list[dict]) -> str:
     """Identifies the evaluation set, so the promotion gate only compares scores on the same questions."""
     blob = json.dumps([[q["id"], q["question"], q["answers"]] for q in questions], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-class DenseRetriever:
-    """Pretrained all-MiniLM-L6-v2 with mean pooling: the standard dense baseline, untouched by training."""
-
-    def __init__(self, documents: list[dict], model_path: str, batch_size: int = 64):
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.encoder = AutoModel.from_pretrained(model_path).eval()
-        self.ids = [d["id"] for d in documents]
-        self.batch_size = batch_size
-        self.doc_vectors = self.encode([f"{d.get('title', '')}. {d['text']}" for d in documents])
-
-    @torch.no_grad()
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True, max_length=128,
-                                   return_tensors="pt")
-            hidden = self.encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-        return np.concatenate(out)
-
-    def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
-        scores = self.encode(queries) @ self.doc_vectors.T
-        top = np.argsort(-scores, axis=1)[:, :k]
-        return [[(self.ids[j], float(scores[i, j])) for j in row] for i, row in enumerate(top)]
 
 
 def _fill_to_k(gold: list[str], ranked: list[str], k: int, rng: random.Random) -> list[str]:

@@ -63,38 +63,77 @@ def _progress(log, what: str, every: int = 25):
 
 # ---------------------------------------------------------------- raw_corpus
 def run_raw_corpus(ctx: StageContext) -> dict:
-    from clara_pipeline.corpus import generate_corpus, write_corpus
-
+    """The embedded encyclopedia, or a user's corpus through an importer (corpus.source in params.yaml)."""
     cfg = ctx.params["corpus"]
-    if cfg.get("source", "embedded") != "embedded":
-        raise ValueError(f"params.yaml corpus.source={cfg['source']!r}: only 'embedded' is built in so far "
-                         "(importers for user corpora come with the ingestion issue)")
     out = ctx.paths.raw_corpus
     out.mkdir(parents=True, exist_ok=True)
-    stats = write_corpus(out, generate_corpus(cfg, ctx.params["seed"]))
-    ctx.log(f"raw_corpus: {json.dumps(stats)}")
-    return _write_summary(out, {"path": str(out), **stats})
+    source = cfg.get("source", "embedded")
+    with tracking.stage_run(ctx.paths.root, "raw_corpus", {"seed": ctx.params["seed"], "corpus": cfg}) as run:
+        if source == "embedded":
+            from clara_pipeline.corpus import generate_corpus, write_corpus
+
+            stats = write_corpus(out, generate_corpus(cfg, ctx.params["seed"]))
+        else:
+            from clara_pipeline.importers import import_corpus, write_import
+
+            result = import_corpus(cfg, root=ctx.paths.root, seed=ctx.params["seed"])
+            stats = write_import(out, result)
+            report = result.report
+            for kind, counts in report["counts"].items():
+                ctx.log(f"raw_corpus: {kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            for reason, n in sorted(report["rejected_by_reason"].items()):
+                ctx.log(f"raw_corpus: rejected {n} ({reason}); each is listed in {out / 'rejected.jsonl'}")
+            run.log_metrics({"counts": report["counts"], "rejected": report["rejected_by_reason"]})
+            run.log_artifacts(out / "import_report.json")
+            stats = {**stats, "counts": report["counts"], "rejected_by_reason": report["rejected_by_reason"]}
+        run.log_metrics({k: v for k, v in stats.items() if k in ("documents", "questions", "document_words")})
+    ctx.log(f"raw_corpus: {json.dumps(stats, default=str)[:2000]}")
+    return _write_summary(out, {"path": str(out), "source": source, **stats})
 
 
 # ---------------------------------------------------------------- scp_data
 def run_scp_data(ctx: StageContext) -> dict:
-    from clara_pipeline.retrieval import BM25Retriever, build_candidates
+    from clara_pipeline.retrieval import build_candidates, make_retriever
     from clara_pipeline.synthesis import build_stage1_records, make_synthesizer
 
     cfg = ctx.params["scp"]
     corpus = ctx.paths.raw_corpus
     documents = read_jsonl(corpus / "documents.jsonl")
     questions = read_jsonl(corpus / "questions_train.jsonl")
-    # LLM replies are cached by document hash + prompt version + model, so a rerun never pays twice
-    synth = make_synthesizer(cfg, ctx.params["seed"], cache_dir=ctx.paths.artifacts / ".cache" / "scp")
-    stage1, stage1_stats = build_stage1_records(documents, synth, cfg["max_qa_per_doc"], cfg["paraphrases_per_doc"],
-                                                log=ctx.log)
-    stage2, cand_stats = build_candidates(questions, BM25Retriever(documents), cfg["candidates"])
+    shipped = read_jsonl(corpus / "stage1.jsonl") if (corpus / "stage1.jsonl").is_file() else []
+    if shipped:
+        # the corpus came with its own SCP data (CLaRa's stage-1 JSONL): train on it as it is
+        stage1 = shipped
+        stage1_stats = {"synthesizer": "corpus", "records": len(shipped),
+                        "qa": sum(r["data_type"] == "qa" for r in shipped),
+                        "paraphrase": sum(r["data_type"] == "paraphrase" for r in shipped)}
+        synth_name, prompt_version = "corpus", "corpus"
+    else:
+        # LLM replies are cached by document hash + prompt version + model, so a rerun never pays twice
+        synth = make_synthesizer(cfg, ctx.params["seed"], cache_dir=ctx.paths.artifacts / ".cache" / "scp")
+        stage1, stage1_stats = build_stage1_records(documents, synth, cfg["max_qa_per_doc"],
+                                                    cfg["paraphrases_per_doc"], log=ctx.log)
+        synth_name, prompt_version = synth.name, synth.prompt_version
+    # stages 2 and 3 learn to answer: a question without a gold answer (e.g. BEIR) can only be evaluated
+    answerable = [q for q in questions if q.get("answers")]
+    if len(answerable) < len(questions):
+        ctx.log(f"scp_data: {len(questions) - len(answerable)} questions have no answer; left out of stages 2/3")
+    synthetic = 0
+    if not answerable:
+        # a bare corpus: the synthesised QA pairs become the stage-2/3 questions, gold = their document
+        answerable = [{"id": r["id"], "question": r["question"], "answers": [r["answer"]],
+                       "gold_doc_ids": [r["doc_id"]], "type": "synthetic"} for r in stage1 if r["data_type"] == "qa"]
+        synthetic = len(answerable)
+        ctx.log(f"scp_data: the corpus has no questions; {synthetic} synthesised QA pairs serve stages 2/3")
+    retriever = make_retriever(cfg.get("retriever", "bm25"), documents)
+    stage2, cand_stats = build_candidates(answerable, retriever, cfg["candidates"], cfg.get("setting", "oracle"))
+    cand_stats.update(retriever=cfg.get("retriever", "bm25"), synthetic_questions=synthetic,
+                      questions_without_answer=sum(1 for q in questions if not q.get("answers")))
     out = ctx.paths.scp_data
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "stage1.jsonl", stage1)
     write_jsonl(out / "stage2.jsonl", stage2)
-    summary = {"path": str(out), "synthesizer": synth.name, "prompt_version": synth.prompt_version,
+    summary = {"path": str(out), "synthesizer": synth_name, "prompt_version": prompt_version,
                "stage1": stage1_stats, "candidates": cand_stats}
     with tracking.stage_run(ctx.paths.root, "scp_data", {"seed": ctx.params["seed"], "scp": cfg}) as run:
         run.log_metrics(summary["stage1"], prefix="stage1.")
@@ -102,7 +141,8 @@ def run_scp_data(ctx: StageContext) -> dict:
         samples = out / "samples.json"
         samples.write_text(json.dumps({"stage1": stage1[:20], "stage2": stage2[:5]}, indent=2))
         run.log_artifacts(samples)
-    ctx.log(f"scp_data: {len(stage1)} stage-1 records, {len(stage2)} stage-2/3 questions")
+    ctx.log(f"scp_data: {len(stage1)} stage-1 records, {len(stage2)} stage-2/3 questions "
+            f"({cand_stats['setting']} setting, gold recall@{cand_stats['n']} {cand_stats['gold_recall_at_n']:.3f})")
     return _write_summary(out, summary)
 
 
@@ -283,7 +323,7 @@ def run_benchmark_report(ctx: StageContext) -> dict:
 _LIB = "clara_pipeline/"
 STAGES: tuple[Stage, ...] = (
     Stage("raw_corpus", "Seeded fictional encyclopedia with held-out single-hop and two-hop questions.",
-          (), ("seed", "corpus"), (_LIB + "corpus.py",), run_raw_corpus),
+          (), ("seed", "corpus"), (_LIB + "corpus.py", _LIB + "importers.py"), run_raw_corpus),
     Stage("scp_data", "SCP data: synthetic QA and paraphrases per document, and BM25 candidate lists for stages 2/3.",
           ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "prompts.py", _LIB + "retrieval.py"), run_scp_data),
     Stage("compressor_checkpoint", "Compressor + generator after SCP (stage 1) and instruction tuning (stage 2).",

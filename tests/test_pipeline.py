@@ -160,3 +160,30 @@ def test_malformed_corpus_line_names_file_and_line(tiny_project):
     with pytest.raises(ValueError, match=r"documents.jsonl:5"):
         run_stage("scp_data", params, Paths(tiny_project))
     assert not (tiny_project / "artifacts" / "scp_data" / "stage1.jsonl").exists()
+
+
+def test_imported_corpus_flows_into_scp_data(tiny_project):
+    """corpus.source other than 'embedded': the importer feeds raw_corpus, a bad line is reported by file and
+    line and kept out, and scp_data builds stage-1 records and candidate lists from what was kept."""
+    from clara_pipeline.config import Paths, load_params
+    from clara_pipeline.stages import run_stage
+
+    docs = [{"id": f"s{i}", "title": f"Place {i}", "text": f"Place {i} was founded in {1200 + i} by the river "
+             f"Vell. Its mayor is Ann Berg {i}. The town has {i + 3} bridges."} for i in range(12)]
+    lines = [json.dumps(d) for d in docs]
+    lines.insert(3, '{"id": "broken", "text": ')  # line 4 is malformed JSON
+    (tiny_project / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    params = load_params(tiny_project / "params.yaml")
+    params["corpus"] = {"source": "jsonl", "path": "corpus.jsonl"}
+    paths = Paths(tiny_project)
+    summary = run_stage("raw_corpus", params, paths)
+    assert summary["source"] == "jsonl" and summary["rejected_by_reason"] == {"malformed_json": 1}
+    rejected = [json.loads(x) for x in (paths.raw_corpus / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == 1 and rejected[0]["line"] == 4 and rejected[0]["file"].endswith("corpus.jsonl")
+    assert len((paths.raw_corpus / "documents.jsonl").read_text().splitlines()) == 12
+    scp = run_stage("scp_data", params, paths)
+    assert scp["stage1"]["docs"] == 12 and scp["stage1"]["qa"] > 0
+    # a plain corpus has no questions: the synthesised QA pairs become stage-2/3 questions
+    assert scp["candidates"]["synthetic_questions"] == scp["stage1"]["qa"] == scp["candidates"]["questions"]
+    stage2 = [json.loads(x) for x in (paths.scp_data / "stage2.jsonl").read_text().splitlines()]
+    assert all(set(r["gold_doc_ids"]) <= set(r["candidate_doc_ids"]) for r in stage2)

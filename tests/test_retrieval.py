@@ -52,8 +52,33 @@ def test_candidates_always_contain_gold(corpus, retriever):
         # Non-replaced slots keep BM25's order.
         kept = [d for d in r["candidate_doc_ids"] if d in r["retrieved_doc_ids"]]
         assert kept == [d for d in r["retrieved_doc_ids"] if d in kept]
-    assert 0.0 < stats["bm25_gold_recall_at_n"] <= 1.0
+    assert 0.0 < stats["gold_recall_at_n"] <= 1.0 and stats["setting"] == "oracle"
     missing = sum(not set(r["gold_doc_ids"]) <= set(r["retrieved_doc_ids"]) for r in records)
     assert stats["questions_needing_insertion"] == missing
     # gold is not always in first position
     assert any(r["candidate_doc_ids"][0] not in r["gold_doc_ids"] for r in records)
+
+
+def test_normal_setting_keeps_the_retriever_list_and_both_lists_are_recorded(corpus, retriever):
+    questions = corpus["questions_train"]
+    records, stats = build_candidates(questions, retriever, n=3, setting="normal")
+    assert stats["setting"] == "normal"
+    for r in records:
+        assert r["candidate_doc_ids"] == r["retrieved_doc_ids"]
+        assert set(r["gold_doc_ids"]) <= set(r["oracle_doc_ids"])
+    missed = [r for r in records if not set(r["gold_doc_ids"]) <= set(r["retrieved_doc_ids"])]
+    assert missed and stats["questions_needing_insertion"] == len(missed)  # n=3 misses some gold documents
+    with pytest.raises(ValueError, match="setting"):
+        build_candidates(questions, retriever, n=3, setting="gold")
+
+
+def test_dense_retriever_finds_a_document_by_its_own_text(corpus):
+    from clara_pipeline.retrieval import make_retriever
+
+    docs = corpus["documents"][:30]
+    dense = make_retriever("dense", docs)
+    hits = dense.search([f"{d['title']}. {d['text']}" for d in docs[:5]], k=3)
+    assert [h[0][0] for h in hits] == [d["id"] for d in docs[:5]]
+    assert all(h[0][1] >= h[1][1] >= h[2][1] for h in hits)
+    with pytest.raises(ValueError, match="retriever"):
+        make_retriever("splade", docs)
