@@ -337,7 +337,7 @@ class ClaraModel(nn.Module):
         B, d = ids.shape[0], emb.shape[-1]
         mem = self.mem_embeddings.to(emb.dtype).unsqueeze(0).expand(B, -1, -1).reshape(-1, d)
         emb = emb.masked_scatter(is_mem.unsqueeze(-1), mem)
-        h = body(inputs_embeds=emb, attention_mask=attn).last_hidden_state
+        h = self._run_encoder(body, emb, attn, adapter)
         mem_states = h[is_mem].view(B, self.n_mem, -1)
         if base_target:
             doc_mean = self._base_doc_means(list(texts)).to(device=h.device, dtype=h.dtype)
@@ -345,6 +345,37 @@ class ClaraModel(nn.Module):
             docf = is_doc.unsqueeze(-1).to(h.dtype)
             doc_mean = (h * docf).sum(1) / docf.sum(1).clamp(min=1.0)
         return mem_states, mem_states.mean(1), doc_mean
+
+    def _run_encoder(self, body, emb: torch.Tensor, attn: torch.Tensor, adapter: str) -> torch.Tensor:
+        """Last hidden states of the encoder with `adapter` active.
+
+        Without gradient in separate mode (index build, query encoding) the adapter is folded into the
+        weights, W + scale * B @ A, and the base layers run alone: on CPU the LoRA side-path cost more than
+        the encoder itself (benchmarks/model_throughput.py). Shared mode keeps the side path, since a
+        merged copy of a 7B backbone's linear weights would double its memory."""
+        if torch.is_grad_enabled() or self.mode != "separate":
+            return body(inputs_embeds=emb, attention_mask=attn).last_hidden_state
+        merged = self._merged_weights(adapter)
+        with self._encoder_peft().disable_adapter():
+            out = torch.func.functional_call(body, merged, (), {"inputs_embeds": emb, "attention_mask": attn})
+        self._restore_trainable()  # peft re-enables adapters through set_adapter, which moves requires_grad
+        return out.last_hidden_state
+
+    @torch.no_grad()
+    def _merged_weights(self, adapter: str) -> dict[str, torch.Tensor]:
+        """{base weight name: base + delta of `adapter`} for every LoRA layer, cached until a LoRA tensor of
+        that adapter changes (optimizer steps and loads bump the tensors' version counters)."""
+        from peft.tuners.lora import LoraLayer
+
+        body = self._encoder_body()
+        layers = [(n, m) for n, m in body.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
+        key = tuple((t.data_ptr(), t._version) for _, m in layers
+                    for t in (m.lora_A[adapter].weight, m.lora_B[adapter].weight, m.base_layer.weight))
+        cache = self.__dict__.setdefault("_merged_cache", {})
+        if adapter not in cache or cache[adapter][0] != key:
+            merged = {f"{n}.base_layer.weight": m.base_layer.weight + m.get_delta_weight(adapter) for n, m in layers}
+            cache[adapter] = (key, merged)
+        return cache[adapter][1]
 
     def _wrap_ids(self) -> tuple[list[int], list[int]]:
         """The special tokens the encoder puts around a text: (prefix, suffix)."""
@@ -375,6 +406,7 @@ class ClaraModel(nn.Module):
             ids, attn = _pad([prefix + p + suffix for p in pieces], self.enc_tok.pad_token_id)
             with self._encoder_peft().disable_adapter():
                 h = body(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state
+            self._restore_trainable()
             for j, (text, p) in enumerate(zip(chunk, pieces)):
                 states = h[j, len(prefix) : len(prefix) + len(p)].float()
                 cache[text] = states.mean(0).cpu() if len(p) else torch.zeros(h.shape[-1])

@@ -367,7 +367,8 @@ def train_stage(
         raise ValueError(f"unknown stage {stage!r}")
     if not records:
         raise ValueError(f"{stage}: no training records")
-    torch.set_num_threads(int(train_cfg.get("num_threads") or len(os.sched_getaffinity(0))))
+    # a launcher sets OMP_NUM_THREADS per process; alone, use every core this process may run on
+    torch.set_num_threads(int(train_cfg.get("num_threads") or os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
     random.seed(seed)
     torch.manual_seed(seed)
     rng = random.Random(seed)

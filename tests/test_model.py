@@ -316,3 +316,21 @@ def test_inference_api_batched_sampled_and_full_text(tiny_bert):
     assert model.gen_tok.decode(prompt[start:]).startswith(" " + DOCS[idx[0, 0]][:20])
     with pytest.raises(ValueError, match="contexts"):
         model.answer_from_text(qs, texts[:2])
+
+
+def test_inference_folds_the_adapter_into_the_weights_and_follows_training(tiny_bert):
+    """compress() runs base layers with W + scale*B@A (no LoRA side path); it must match the training-time
+    output, and must notice when an optimizer step changes the adapter."""
+    model = ClaraModel.from_params(separate_cfg(tiny_bert), corpus())
+    model.eval()
+    randomise_lora_b(model)
+    slow = model.compress_with_grad(DOCS).detach()  # grad enabled: the LoRA side path
+    assert torch.allclose(model.compress(DOCS), slow, atol=1e-5)
+    before = model.compress(DOCS)
+    params = model.set_trainable({"compressor"})
+    opt = torch.optim.SGD(params, lr=0.5)
+    model.compress_with_grad(DOCS).pow(2).mean().backward()
+    opt.step()
+    after = model.compress(DOCS)
+    assert not torch.allclose(after, before, atol=1e-4)
+    assert torch.allclose(after, model.compress_with_grad(DOCS).detach(), atol=1e-5)

@@ -218,3 +218,23 @@ def test_gradient_accumulation_same_in_deepspeed_and_torch(tiny_bert):
     one = train_stage(make_model(tiny_bert), "stage1", stage1_records(), DOCUMENTS, cfg,
                       {**DS_CFG, "backend": "torch"}, seed=0)
     assert one["losses"][0] != runs["torch"]["losses"][0]  # first update saw a different (smaller) batch
+
+
+def test_two_processes_under_torchrun_share_one_model(tiny_bert, tmp_path):
+    """The launcher path on CPU (gloo): each rank trains on its own slice, gradients are all-reduced,
+    both ranks end with the same weights, only rank 0 logs, and the checkpoint is written once."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(ROOT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    from clara_pipeline.train import _free_port
+
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()),
+                           str(ROOT / "tests" / "dist_worker.py"), tiny_bert, str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # one model, trained together
+    assert ranks[0]["losses"] != ranks[1]["losses"]  # on different rows of the global batch
+    assert ranks[0]["logged"] == [0, 1, 2] and ranks[1]["logged"] == []
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step-00000003"
