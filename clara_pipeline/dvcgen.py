@@ -25,6 +25,8 @@ def dvc_stages(root: Path) -> dict:
         }
         if stage.outputs:
             entry["outs"] = [rel(folder / f) for f in stage.outputs]
+        elif stage.persist:  # DVC must not delete it before the command runs: the stage updates it in place
+            entry["outs"] = [{rel(folder): {"persist": True}}]
         else:
             entry["outs"] = [rel(folder)]
         if stage.metrics:

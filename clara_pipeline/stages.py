@@ -46,6 +46,7 @@ class Stage:
     outputs: tuple[str, ...] = ()        # files in the stage folder (empty = the whole folder is one output)
     metrics: tuple[str, ...] = ()        # files in the stage folder that DVC reads as metrics (not cached)
     plots: tuple[str, ...] = ()
+    persist: bool = False                # the stage updates its folder in place (incremental re-indexing)
 
 
 def _write_summary(out_dir: Path, summary: dict) -> dict:
@@ -206,8 +207,24 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
 
 
 # ---------------------------------------------------------------- compressed_index
+def compressor_id(checkpoint: Path) -> str:
+    """Identifies the compressor by the content of its weights and config, not by its folder: a retrained
+    compressor in the same folder must invalidate every stored vector."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("clara_config.json", "weights.safetensors"):
+        with open(Path(checkpoint) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
 def run_compressed_index(ctx: StageContext) -> dict:
-    from clara_pipeline.index import build_index
+    """Compress every document once. Incremental: only new or changed documents are compressed (by content
+    hash), unless the compressor changed; the new version is published atomically and a killed build
+    resumes where it stopped."""
+    from clara_pipeline.index import update_index
     from clara_pipeline.model import ClaraModel
 
     documents = read_jsonl(ctx.paths.raw_corpus / "documents.jsonl")
@@ -217,22 +234,31 @@ def run_compressed_index(ctx: StageContext) -> dict:
     def progress(done, total):
         ctx.log(f"compressed_index: {done}/{total} documents compressed")
 
-    with tracking.stage_run(ctx.paths.root, "compressed_index", {"index": ctx.params["index"]}) as run:
-        meta = build_index(model, documents, ctx.paths.compressed_index, batch_size=ctx.params["index"]["batch_size"],
-                           compressor_id=str(ctx.paths.compressor_checkpoint), progress=progress)
+    cfg = ctx.params["index"]
+    with tracking.stage_run(ctx.paths.root, "compressed_index", {"index": cfg}) as run:
+        result = update_index(model, documents, ctx.paths.compressed_index,
+                              compressor_id=compressor_id(ctx.paths.compressor_checkpoint),
+                              batch_size=cfg["batch_size"], progress=progress, settings=cfg)
         seconds = time.perf_counter() - started
-        meta["build_seconds"] = round(seconds, 3)
-        meta["docs_per_second"] = round(meta["count"] / seconds, 2) if seconds else None
-        run.log_metrics({k: v for k, v in meta.items() if isinstance(v, (int, float))})
+        meta = dict(result["meta"])
+        counts = {k: result[k] for k in ("added", "updated", "removed", "unchanged", "compressed")}
+        counts["full_rebuild"] = int(bool(result["full_rebuild"]))
+        meta.update(update=counts, reason=result["reason"], build_seconds=round(seconds, 3),
+                    docs_per_second=round(result["compressed"] / seconds, 2) if seconds and result["compressed"] else None)
+        ctx.log(f"compressed_index: {result['reason']}; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        run.log_metrics({k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        run.log_metrics(counts, prefix="update.")
         meta["mlflow_run_id"] = run.run_id
-    return _write_summary(ctx.paths.compressed_index, {"path": str(ctx.paths.compressed_index), **meta})
+    summary = {"path": str(ctx.paths.compressed_index), **meta}
+    # the summary lives in the current version's folder's parent; written atomically like everything else
+    return _write_summary(ctx.paths.compressed_index, summary)
 
 
 # ---------------------------------------------------------------- clara_model
 def run_clara_model(ctx: StageContext) -> dict:
     """Stage 3: the query reasoner and generator trained end to end through the straight-through top-k."""
     from clara_pipeline import registry
-    from clara_pipeline.index import build_index
+    from clara_pipeline.index import build_index, current_version_dir
     from clara_pipeline.model import ClaraModel
     from clara_pipeline.train import barrier, is_rank0, train_stage
 
@@ -267,11 +293,14 @@ def run_clara_model(ctx: StageContext) -> dict:
                 index_dir, own_index = ctx.paths.compressed_index, None
             else:
                 ctx.log("clara_model: compressor was trained in stage 3, re-indexing with it")
-                build_index(model, read_jsonl(ctx.paths.raw_corpus / "documents.jsonl"), out / "index")
+                build_index(model, read_jsonl(ctx.paths.raw_corpus / "documents.jsonl"), out / "index",
+                            batch_size=p["index"]["batch_size"], settings=p["index"],
+                            compressor_id=compressor_id(out))
                 index_dir, own_index = out / "index", "index"
             (out / "lineage.json").write_text(json.dumps({"index_dir": own_index,
                                                            "compressor_checkpoint": str(ctx.paths.compressor_checkpoint)}))
-            version = registry.register(run, p["registry"]["model_name"], out, index_dir)
+            # the published version alone: not the previous one, a build in progress or the lock file
+            version = registry.register(run, p["registry"]["model_name"], out, current_version_dir(index_dir))
             ctx.log(f"clara_model: registered {p['registry']['model_name']} version {version}")
             shutil.rmtree(state_dir, ignore_errors=True)
         barrier()
@@ -330,7 +359,8 @@ STAGES: tuple[Stage, ...] = (
           ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage1", "train.stage2"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "tokenizer.py", "configs/deepspeed"), run_compressor_checkpoint),
     Stage("compressed_index", "Every document compressed once into memory-token vectors, in a faiss index.",
-          ("raw_corpus", "compressor_checkpoint"), ("index",), (_LIB + "index.py", _LIB + "model.py"), run_compressed_index),
+          ("raw_corpus", "compressor_checkpoint"), ("index",), (_LIB + "index.py", _LIB + "model.py"), run_compressed_index,
+          persist=True),
     Stage("clara_model", "Stage 3 joint training (query reasoner + generator, straight-through top-k); registered in MLflow.",
           ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage3", "registry"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "serving.py", _LIB + "registry.py", "configs/deepspeed"), run_clara_model),

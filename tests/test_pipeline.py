@@ -187,3 +187,31 @@ def test_imported_corpus_flows_into_scp_data(tiny_project):
     assert scp["candidates"]["synthetic_questions"] == scp["stage1"]["qa"] == scp["candidates"]["questions"]
     stage2 = [json.loads(x) for x in (paths.scp_data / "stage2.jsonl").read_text().splitlines()]
     assert all(set(r["gold_doc_ids"]) <= set(r["candidate_doc_ids"]) for r in stage2)
+
+
+def test_reindex_compresses_only_what_changed(materialised, tmp_path):
+    """compressed_index again after a corpus edit: one added, one edited, one deleted document; only two
+    documents are compressed and the new version is what the index now serves."""
+    from clara_pipeline.config import Paths, load_params
+    from clara_pipeline.index import CompressedIndex
+    from clara_pipeline.jsonl import read_jsonl, write_jsonl
+    from clara_pipeline.stages import run_stage
+
+    root, _ = materialised
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy)
+    paths = Paths(copy)
+    params = load_params(copy / "params.yaml")
+    first = json.loads((paths.compressed_index / "summary.json").read_text())
+    assert first["update"]["full_rebuild"] == 1 and first["update"]["compressed"] == first["count"]
+
+    docs = read_jsonl(paths.raw_corpus / "documents.jsonl")
+    removed = docs.pop(0)
+    docs[0] = {**docs[0], "text": docs[0]["text"] + " It also has a lighthouse."}
+    docs.append({"id": "doc-new", "title": "Nova", "text": "Nova is a new town founded in 2024."})
+    write_jsonl(paths.raw_corpus / "documents.jsonl", docs)
+    again = run_stage("compressed_index", params, paths)
+    assert again["update"] == {"added": 1, "updated": 1, "removed": 1, "unchanged": len(docs) - 2,
+                               "compressed": 2, "full_rebuild": 0}
+    index = CompressedIndex.load(paths.compressed_index)
+    assert [d["id"] for d in index.documents] == [d["id"] for d in docs] and removed["id"] not in index.row_of
