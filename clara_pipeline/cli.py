@@ -22,7 +22,8 @@ for _var, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("H
 
 
 def _log(message: str) -> None:
-    print(message, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under deepspeed/torchrun only rank 0 talks
+        print(message, flush=True)
 
 
 def cmd_stage(args) -> int:
