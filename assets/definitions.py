@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from assets.automation import AUTOMATION
 from assets.checks import benchmark_is_complete, promotion_gate
 from assets.lineage import LINEAGE_ASSETS, LINEAGE_KEYS
 from assets.resources import default_project
@@ -23,9 +24,13 @@ clara_lineage_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
+# Serving automation (assets/automation.py): the live index re-indexed on a schedule or when the corpus changes,
+# and the same work split into shard partitions (docs/reindexing.md).
 defs = dg.Definitions(
-    assets=LINEAGE_ASSETS,
+    assets=LINEAGE_ASSETS + AUTOMATION.assets,
     asset_checks=[benchmark_is_complete, promotion_gate],
-    jobs=[clara_lineage_job],
+    jobs=[clara_lineage_job, *AUTOMATION.jobs],
+    schedules=AUTOMATION.schedules,
+    sensors=AUTOMATION.sensors,
     resources={"clara": default_project()},
 )

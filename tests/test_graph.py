@@ -20,9 +20,10 @@ EXPECTED = ["raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index
 
 
 def dagster_graph() -> dict[str, set[str]]:
+    """The lineage group's assets (the serving group, assets/automation.py, has no DVC counterpart)."""
     graph = defs.resolve_asset_graph()
     return {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
-            for key in graph.get_all_asset_keys()}
+            for key in graph.get_all_asset_keys() if graph.get(key).group_name == "clara_lineage"}
 
 
 def dvc_graph() -> dict[str, set[str]]:
