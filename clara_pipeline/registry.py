@@ -15,15 +15,19 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def register(stage_run, model_name: str, model_dir: Path, index_dir: Path) -> str:
-    """Log the joint model + index as a pyfunc in the current run and register it; returns the version."""
+    """Log the joint model + index as a pyfunc in the current run and register it; returns the version.
+
+    Logged as a model from code (``clara_pipeline/serving_model.py``, nothing pickled), with a signature:
+    a ``question`` column in, ``question``/``answer``/``documents`` out, params ``k`` and ``max_new_tokens``."""
     import mlflow
 
-    from clara_pipeline.serving import ClaraPyfunc
+    from clara_pipeline import serving
 
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=ClaraPyfunc(),
+        python_model=str(serving.MODEL_CODE),
         artifacts={"model": str(model_dir), "index": str(index_dir)},
+        signature=serving.SIGNATURE,
         pip_requirements=["clara-pipeline", "torch", "transformers", "peft", "faiss-cpu", "mlflow"],
         registered_model_name=model_name,
     )

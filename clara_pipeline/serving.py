@@ -1,31 +1,180 @@
 """The joint model and its index as an MLflow pyfunc, so the registry can serve ``models:/clara@champion``.
 
-Input: a DataFrame with a ``question`` column (optionally ``k``). Output: one row per question with the
-answer and the retrieved documents' titles and scores as JSON.
+Logged as an MLflow *model from code*: ``registry.register`` hands MLflow the file
+``clara_pipeline/serving_model.py`` (:data:`MODEL_CODE`), which selects :class:`ClaraPyfunc` with
+``mlflow.models.set_model``. Nothing is pickled; the model's weights and the compressed index travel as
+artifacts (``model``, ``index``) and the behaviour is this module's code.
+
+Request: a DataFrame (``dataframe_split`` / ``dataframe_records`` / ``inputs`` over HTTP) with a ``question``
+column, at most :data:`MAX_QUESTIONS` rows, each question at most ``inference.MAX_QUESTION_CHARS`` characters.
+Params (optional): ``k`` documents to retrieve (1..``inference.MAX_K``, default 3) and ``max_new_tokens``
+(1..:data:`MAX_NEW_TOKENS`, default 16). A request outside these bounds is refused with an error naming the
+limit (HTTP 400 from ``mlflow models serve``).
+
+Response: one row per question: ``question``, ``answer`` and ``documents``, a JSON list of the retrieved
+documents ``{"id", "title", "score"}``, best first.
+
+Live index: with ``CLARA_INDEX_DIR`` set where the model is loaded (e.g. the environment of
+``mlflow models serve``), the index in that folder is served instead of the snapshot logged with the model,
+and a version newly published there (``CURRENT`` moved by ``clara stage compressed_index``) is picked up
+by the next request. It must hold vectors of the model's shape (``n_mem`` x hidden size), or loading fails
+with an error saying so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
+from pathlib import Path
 
 import mlflow.pyfunc
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+log = logging.getLogger(__name__)
+
+MODEL_CODE = Path(__file__).resolve().parent / "serving_model.py"
+INDEX_ENV = "CLARA_INDEX_DIR"
+MAX_QUESTIONS = 32      # rows per request: bounds one request's memory and latency
+MAX_NEW_TOKENS = 64
+DEFAULT_K = 3
+DEFAULT_MAX_NEW_TOKENS = 16
+COLUMNS = ("question", "answer", "documents")
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "question")]),
+    outputs=Schema([ColSpec("string", name) for name in COLUMNS]),
+    params=ParamSchema([ParamSpec("k", "long", DEFAULT_K), ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
+)
+
+
+class RequestError(MlflowException, ValueError):
+    """A request outside the served bounds: HTTP 400 from the scoring server, a ValueError in-process."""
+
+    def __init__(self, message: str):
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class IndexMismatchError(ValueError):
+    """An index whose vectors the model cannot read (another n_mem or hidden size)."""
+
+
+def _as_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or value is None:
+        raise RequestError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+    try:
+        as_int = int(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be an integer between {low} and {high}, got {value!r}") from None
+    if as_int != value or not low <= as_int <= high:
+        raise RequestError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+    return as_int
+
+
+def parse_request(model_input, params: dict | None) -> tuple[list[str], int, int]:
+    """(questions, k, max_new_tokens) from a pyfunc request, or RequestError naming the bound it breaks."""
+    import pandas as pd
+
+    from clara_pipeline.inference import MAX_K, check_request
+
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(model_input)
+    elif isinstance(model_input, (list, tuple)):
+        model_input = pd.DataFrame({"question": list(model_input)})
+    elif isinstance(model_input, str):
+        model_input = pd.DataFrame({"question": [model_input]})
+    if not isinstance(model_input, pd.DataFrame) or "question" not in model_input.columns:
+        raise RequestError("input needs a 'question' column")
+    questions = [q if isinstance(q, str) else None for q in model_input["question"].tolist()]
+    if not questions:
+        raise RequestError("the request holds no questions")
+    if len(questions) > MAX_QUESTIONS:
+        raise RequestError(f"the request holds {len(questions)} questions; the limit is {MAX_QUESTIONS} per request")
+    params = params or {}
+    k = _as_int("k", params.get("k", DEFAULT_K), 1, MAX_K)
+    max_new_tokens = _as_int("max_new_tokens", params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), 1, MAX_NEW_TOKENS)
+    try:
+        check_request(questions, k)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return questions, k, max_new_tokens
+
+
+def load_index_for(model, index_dir):
+    """The published version of ``index_dir``, checked against what ``model`` makes."""
+    from clara_pipeline.index import CompressedIndex
+
+    index = CompressedIndex.load(index_dir)
+    n_mem, dim = index.meta.get("n_mem"), index.meta.get("dim")
+    if n_mem != model.n_mem or dim != model.hidden_size:
+        raise IndexMismatchError(
+            f"{index.path}: the index holds {n_mem}x{dim} vectors per document, this model makes "
+            f"{model.n_mem}x{model.hidden_size}; serve an index built with this model's compressor "
+            f"(unset {INDEX_ENV} to serve the index logged with the model)")
+    return index
 
 
 class ClaraPyfunc(mlflow.pyfunc.PythonModel):
+    """``ClaraRAG`` behind the pyfunc interface; ``self.rag`` is the loaded ``ClaraRAG``."""
+
     def load_context(self, context):
+        from clara_pipeline.inference import ClaraRAG, index_dir_for
+        from clara_pipeline.model import ClaraModel
+
+        model_dir = context.artifacts["model"]
+        model = ClaraModel.load(model_dir)
+        self.live_index_dir = os.environ.get(INDEX_ENV) or None
+        if self.live_index_dir:
+            if not Path(self.live_index_dir).is_dir():
+                raise FileNotFoundError(f"{INDEX_ENV}={self.live_index_dir}: no such folder (unset {INDEX_ENV} to "
+                                        "serve the index logged with the model)")
+            index = load_index_for(model, self.live_index_dir)
+            log.info("serving the live index %s (version %s), not the logged snapshot", index.path, index.version)
+        else:
+            index = load_index_for(model, index_dir_for(Path(model_dir), Path(context.artifacts["index"])))
+        self.rag = ClaraRAG(model, index)
+        self._lock = threading.Lock()
+        self._refused: set[str] = set()
+
+    @property
+    def index_path(self) -> Path:
+        return Path(self.rag.index.path)
+
+    def refresh_index(self) -> None:
+        """Live index only: follow a newly published version; a version the model cannot read is logged and
+        the one already loaded keeps serving."""
+        if not self.live_index_dir:
+            return
+        from clara_pipeline.index import current_version_dir
         from clara_pipeline.inference import ClaraRAG
 
-        self.rag = ClaraRAG.load(context.artifacts["model"], context.artifacts["index"])
+        current = current_version_dir(self.live_index_dir)
+        if current == self.index_path or str(current) in self._refused:
+            return
+        with self._lock:
+            if current == self.index_path:
+                return
+            try:
+                index = load_index_for(self.rag.model, self.live_index_dir)
+            except (IndexMismatchError, FileNotFoundError, ValueError) as exc:
+                self._refused.add(str(current))
+                log.error("not switching to %s, still serving %s: %s", current, self.index_path, exc)
+                return
+            # a new ClaraRAG, swapped in one assignment: a request in flight keeps the one it started with
+            self.rag = ClaraRAG(self.rag.model, index)
+            log.info("switched to index version %s (%s)", index.version, index.path)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        if isinstance(model_input, dict):
-            model_input = pd.DataFrame(model_input)
-        if "question" not in model_input.columns:
-            raise ValueError("input needs a 'question' column")
-        k = int((params or {}).get("k", 3))
-        results = self.rag.ask([str(q) for q in model_input["question"]], k=k)
+        questions, k, max_new_tokens = parse_request(model_input, params)
+        self.refresh_index()
+        rag = self.rag  # one index for the whole request
+        results = rag.ask(questions, k=k, max_new_tokens=max_new_tokens)
         return pd.DataFrame({
             "question": [r["question"] for r in results],
             "answer": [r["answer"] for r in results],

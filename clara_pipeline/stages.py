@@ -363,7 +363,7 @@ STAGES: tuple[Stage, ...] = (
           persist=True),
     Stage("clara_model", "Stage 3 joint training (query reasoner + generator, straight-through top-k); registered in MLflow.",
           ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage3", "registry"),
-          (_LIB + "model.py", _LIB + "train.py", _LIB + "serving.py", _LIB + "registry.py", "configs/deepspeed"), run_clara_model),
+          (_LIB + "model.py", _LIB + "train.py", _LIB + "serving.py", _LIB + "serving_model.py", _LIB + "registry.py", "configs/deepspeed"), run_clara_model),
     Stage("benchmark_report", "EM / F1 / Recall@k of CLaRa against closed-book, BM25 and dense baselines; promotion gate.",
           ("raw_corpus", "compressed_index", "clara_model"), ("seed", "benchmark", "registry", "scp.candidates"),
           (_LIB + "benchmark.py", _LIB + "metrics.py", _LIB + "inference.py", _LIB + "registry.py"), run_benchmark_report,
