@@ -62,3 +62,23 @@ def tiny_bert(tmp_path_factory) -> str:
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_lineage(tmp_path_factory):
+    """The whole tiny lineage (six assets + both checks) materialised once by Dagster, in process.
+
+    Shared by every module that needs trained artifacts and a registered champion (version 1); a test
+    that changes the project works on a copy (shutil.copytree) so the others see it as built."""
+    import dagster as dg
+
+    from assets.checks import benchmark_is_complete, promotion_gate
+    from assets.lineage import LINEAGE_ASSETS
+    from assets.resources import ClaraProject
+
+    root = tmp_path_factory.mktemp("lineage")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    result = dg.materialize(LINEAGE_ASSETS + [benchmark_is_complete, promotion_gate],
+                            resources={"clara": ClaraProject(root=str(root))},
+                            instance=dg.DagsterInstance.ephemeral())
+    return root, result

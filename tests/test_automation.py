@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from assets.automation import AUTOMATION, build_automation
-from assets.lineage import LINEAGE_ASSETS
 from assets.resources import ClaraProject
 from clara_pipeline import reindex as rx
 from clara_pipeline import registry, tracking
@@ -45,14 +44,10 @@ def _metadata(result, key: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lineage(tmp_path_factory) -> Path:
-    """The tiny lineage up to the registered joint model (version 1), made champion as `clara promote` does
-    (the benchmark is left out: it only decides the alias, and costs half the time)."""
-    root = tmp_path_factory.mktemp("lineage")
-    _write_params(root, tiny_params())
-    selection = [a for a in LINEAGE_ASSETS if a.key.to_user_string() != "benchmark_report"]
-    _materialise(selection, root)
-    registry.set_alias_by_hand(root, tiny_params()["registry"]["model_name"], "1")
+def lineage(tiny_lineage) -> Path:
+    """The tiny lineage with the registered joint model version 1 as champion (shared: tests copy it)."""
+    root, result = tiny_lineage
+    assert result.success
     return root
 
 

@@ -22,13 +22,8 @@ STAGES = ["raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index",
 
 
 @pytest.fixture(scope="module")
-def materialised(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    result = dg.materialize(LINEAGE_ASSETS + [benchmark_is_complete, promotion_gate],
-                            resources={"clara": ClaraProject(root=str(root))},
-                            instance=dg.DagsterInstance.ephemeral())
-    return root, result
+def materialised(tiny_lineage):
+    return tiny_lineage
 
 
 def test_all_assets_materialise(materialised):
@@ -74,8 +69,9 @@ def test_mlflow_has_one_run_per_training_and_benchmark_stage(materialised):
     assert by_stage["compressor_checkpoint"].data.params["model.compression_rate"] == "8"
 
 
-def test_registered_model_gets_champion_then_gate_decides(materialised):
-    root, _ = materialised
+def test_registered_model_gets_champion_then_gate_decides(materialised, tmp_path):
+    root = tmp_path / "project"  # a copy: this test registers a second version, other modules share the lineage
+    shutil.copytree(materialised[0], root)
     mlflow = tracking.configure(root)
     client = mlflow.MlflowClient()
     name = tiny_params()["registry"]["model_name"]

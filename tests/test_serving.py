@@ -16,13 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import dagster as dg
 import pytest
-import yaml
 
-from assets.checks import benchmark_is_complete, promotion_gate
-from assets.lineage import LINEAGE_ASSETS
-from assets.resources import ClaraProject
 from clara_pipeline import tracking
 from tests.conftest import ROOT, tiny_params
 
@@ -31,12 +26,8 @@ QUESTION = "Who created the first work?"
 
 
 @pytest.fixture(scope="module")
-def materialised(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    result = dg.materialize(LINEAGE_ASSETS + [benchmark_is_complete, promotion_gate],
-                            resources={"clara": ClaraProject(root=str(root))},
-                            instance=dg.DagsterInstance.ephemeral())
+def materialised(tiny_lineage):
+    root, result = tiny_lineage
     assert result.success
     return root
 
