@@ -10,6 +10,13 @@ from clara_pipeline.config import Paths
 from clara_pipeline.stages import STAGES
 
 HEADER = "# Generated from clara_pipeline/stages.py by `clara dvc-yaml`; do not edit by hand.\n"
+# how `dvc plots show` draws each plots file a stage declares
+PLOT_SPECS = {
+    "recall_at_k.json": {"x": "k", "y": ["bm25", "dense", "clara", "clara_rerank"],
+                         "title": "Recall@k of gold documents"},
+    "quality_vs_compression.json": {"x": "effective_rate", "y": ["f1", "em"], "template": "scatter",
+                                    "title": "Answer quality vs compression rate (1 = full text)"},
+}
 
 
 def dvc_stages(root: Path) -> dict:
@@ -33,7 +40,7 @@ def dvc_stages(root: Path) -> dict:
             entry["metrics"] = [{rel(folder / f): {"cache": False}} for f in stage.metrics]
         for f in stage.plots:  # plotted files are small, kept in git-visible form rather than the cache
             entry["outs"].append({rel(folder / f): {"cache": False}})
-            plots.append({rel(folder / f): {"x": "k", "y": ["bm25", "dense", "clara", "clara_rerank"], "title": "Recall@k of gold documents"}})
+            plots.append({rel(folder / f): PLOT_SPECS[f]})
         stages[stage.name] = entry
     return {"stages": stages, "plots": plots}
 

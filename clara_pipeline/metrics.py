@@ -1,7 +1,32 @@
-"""QA and retrieval metrics.
+"""QA and retrieval metrics: the one definition every report and test uses.
 
-Answer normalisation follows the SQuAD evaluation script (lowercase, drop punctuation, drop the
-articles a/an/the, collapse whitespace), so numbers are comparable with published CLaRa results.
+Normalisation (``normalize_answer``) follows the SQuAD evaluation script: lowercase, drop ASCII
+punctuation, drop the whole words a / an / the, collapse whitespace ("The Silent-Harbor!" ->
+"silentharbor", "1,278" -> "1278").
+
+QA metrics, each the maximum over the gold aliases of a question (an answer is right if it matches any
+alias), each in [0, 1] per question and averaged over questions:
+
+* ``em`` exact match: normalised prediction == normalised gold (SQuAD EM);
+* ``f1`` token F1: harmonic mean of token precision and recall of the normalised prediction against the
+  normalised gold, tokens counted with multiplicity (SQuAD F1); two empty strings score 1, one empty 0;
+* ``sub_em`` substring match: the normalised gold string occurs inside the normalised prediction, as
+  FlashRAG's / BERGEN's "acc" (``sub_exact_match``). Plain string containment, so gold "1" is found in
+  "1990" exactly as in those toolkits;
+* ``cover_em`` token cover: every token of the normalised gold is among the prediction's normalised
+  tokens, in any order, as CLaRa's reported "acc" (``cover_exact_match_score_1``): "Paris France" covers
+  gold "France"; "Parisian" does not cover "Paris".
+For sub_em and cover_em a gold that normalises to the empty string (e.g. "The") matches only an empty
+prediction, and an empty prediction matches no non-empty gold.
+
+Retrieval metrics, against a question's gold document ids:
+
+* ``recall@k``: the share of the gold documents among the first k retrieved (for multi-hop questions the
+  share of the supporting documents found; 0 when there is no gold);
+* ``mrr``: 1 / rank of the first gold document retrieved, 0 if none.
+
+``aggregate`` averages any of these over questions, overall ("all") and per question "type" (single_hop,
+bridge, comparison, 2hop, ...) where the rows carry one.
 """
 
 from __future__ import annotations
@@ -45,6 +70,35 @@ def token_f1(pred: str, golds: Sequence[str]) -> float:
     """Best token-level F1 over the gold aliases."""
     pred_tokens = normalize_answer(pred).split()
     return max((_f1(pred_tokens, normalize_answer(g).split()) for g in golds), default=0.0)
+
+
+def sub_exact_match(pred: str, golds: Sequence[str]) -> float:
+    """1.0 if any normalised gold alias occurs as a substring of the normalised prediction (FlashRAG acc)."""
+    norm_pred = normalize_answer(pred)
+    for g in golds:
+        norm_gold = normalize_answer(g)
+        if (norm_gold in norm_pred) if norm_gold else not norm_pred:
+            return 1.0
+    return 0.0
+
+
+def cover_exact_match(pred: str, golds: Sequence[str]) -> float:
+    """1.0 if every normalised token of some gold alias is among the prediction's tokens (CLaRa acc)."""
+    pred_tokens = set(normalize_answer(pred).split())
+    for g in golds:
+        gold_tokens = normalize_answer(g).split()
+        if (all(t in pred_tokens for t in gold_tokens)) if gold_tokens else not pred_tokens:
+            return 1.0
+    return 0.0
+
+
+QA_METRICS = ("em", "f1", "sub_em", "cover_em")
+
+
+def qa_scores(pred: str, golds: Sequence[str]) -> dict[str, float]:
+    """Every QA metric of one prediction: {"em", "f1", "sub_em", "cover_em"}."""
+    return {"em": exact_match(pred, golds), "f1": token_f1(pred, golds),
+            "sub_em": sub_exact_match(pred, golds), "cover_em": cover_exact_match(pred, golds)}
 
 
 def recall_at_k(retrieved_ids: Sequence[str], gold_ids: Sequence[str], k: int) -> float:

@@ -106,3 +106,12 @@ def test_dvc_reads_the_pipeline():
     assert out.returncode == 0, out.stderr
     for name in EXPECTED:
         assert name in out.stdout
+
+
+def test_benchmark_stage_declares_every_file_the_report_writes():
+    from clara_pipeline import benchmark
+    from clara_pipeline.stages import BY_NAME
+
+    stage = BY_NAME["benchmark_report"]
+    assert set(benchmark.REPORT_FILES) <= set(stage.outputs)
+    assert stage.metrics == (benchmark.METRICS_FILE,) and stage.plots == benchmark.PLOT_FILES
