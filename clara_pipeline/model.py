@@ -24,6 +24,7 @@ for a 30k-150k row vocabulary and nothing else in the vocabulary can drift.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ from transformers import (
 )
 
 from transformers.utils import logging as hf_logging
+
+# peft and DeepSpeed still read transformers' deprecated `is_gradient_checkpointing`; nothing here calls it
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from .config import resolve_model_path
 from .tokenizer import build_generator_tokenizer
