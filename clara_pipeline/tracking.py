@@ -17,8 +17,18 @@ for _var, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")
     os.environ.setdefault(_var, _value)
 
 
+# Project stores this process has configured. mlflow.set_tracking_uri copies its argument into the
+# MLFLOW_TRACKING_URI environment variable (for subprocesses), so without this set a second project in the
+# same process (tests, benchmarks/real_data.py) would silently log to, and register into, the first one's.
+_PROJECT_URIS: set[str] = set()
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
+    """MLFLOW_TRACKING_URI when the user set it; otherwise the project's sqlite store under mlflow/."""
+    user = os.environ.get("MLFLOW_TRACKING_URI")
+    if user and user not in _PROJECT_URIS:
+        return user
+    return f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
 
 
 def configure(root: Path):
@@ -26,6 +36,8 @@ def configure(root: Path):
     import mlflow
 
     uri = tracking_uri(root)
+    if uri == f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}":
+        _PROJECT_URIS.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:

@@ -29,3 +29,21 @@ def test_scores_on_different_questions_are_not_compared():
 
 def test_rebenchmarking_the_champion_keeps_it():
     assert decide(cand(version="1", score=0.1), {"version": "1", "score": 0.5, "eval_fingerprint": "abc"}, "f1")[0] == CHAMPION
+
+
+def test_two_projects_in_one_process_keep_their_own_stores(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; the second project must not inherit the first's."""
+    from clara_pipeline import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "mlflow").mkdir(parents=True)
+        with tracking.stage_run(root, "probe", {"root": str(root)}):
+            pass
+        assert tracking.tracking_uri(root).endswith(f"{root.name}/mlflow/mlflow.db")
+    assert (a / "mlflow" / "mlflow.db").is_file() and (b / "mlflow" / "mlflow.db").is_file()
+    mlflow = tracking.configure(a)
+    assert len(mlflow.search_runs(experiment_names=[tracking.EXPERIMENT])) == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'user.db'}")  # a user's own choice wins
+    assert tracking.tracking_uri(a) == f"sqlite:///{tmp_path / 'user.db'}"
