@@ -59,8 +59,11 @@ def server(materialised, tmp_path_factory):
     root = materialised
     venv_bin = ROOT / ".venv" / "bin"
     bin_dir = venv_bin if (venv_bin / "mlflow").exists() else Path(sys.executable).parent
+    store = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    # both URIs: mlflow.set_registry_uri in this process exported MLFLOW_REGISTRY_URI for whichever
+    # project the session configured last, and the server would look for the model there
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"}
+           "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
     env.pop("CLARA_INDEX_DIR", None)  # the logged snapshot, not a live index
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
