@@ -213,3 +213,23 @@ def test_reindex_compresses_only_what_changed(materialised, tmp_path):
                                "compressed": 2, "full_rebuild": 0}
     index = CompressedIndex.load(paths.compressed_index)
     assert [d["id"] for d in index.documents] == [d["id"] for d in docs] and removed["id"] not in index.row_of
+
+
+def test_corpus_with_its_own_stage1_data_trains_on_it(tiny_project):
+    """corpus.source clara_stage1: scp_data uses the shipped QA pairs (training split only), not a synthesizer."""
+    from clara_pipeline.config import Paths, load_params
+    from clara_pipeline.stages import run_stage
+
+    rows = [{"data_type": "qa", "question": [f"When was Town {i} founded?", f"Who leads Town {i}?"],
+             "answers": [str(1500 + i), f"Mayor {i}"],
+             "docs": [f"Town {i} was founded in {1500 + i}. It is led by Mayor {i}."]} for i in range(10)]
+    (tiny_project / "stage1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = load_params(tiny_project / "params.yaml")
+    params["corpus"] = {"source": "clara_stage1", "path": "stage1.jsonl", "eval_fraction": 0.2, "seed": 0}
+    paths = Paths(tiny_project)
+    run_stage("raw_corpus", params, paths)
+    scp = run_stage("scp_data", params, paths)
+    assert scp["synthesizer"] == "corpus" and scp["stage1"]["qa"] == 16  # 20 pairs, 4 held out for evaluation
+    held_out = {q["question"] for q in map(json.loads, (paths.raw_corpus / "questions_eval.jsonl").read_text().splitlines())}
+    trained = {r["question"] for r in map(json.loads, (paths.scp_data / "stage1.jsonl").read_text().splitlines())}
+    assert len(held_out) == 4 and not held_out & trained
