@@ -788,15 +788,20 @@ class _Importer:
                 rows = self.csv_rows(path, "documents", ("text",))
             else:
                 rows = self.records(path, "documents")
-            for loc, obj in rows:
-                try:
-                    text = _str_field(obj, "text")
-                    title = _str_field(obj, "title", required=False)
-                    source_id = _id_field(obj, "id", required=False)
-                except _Bad as bad:
-                    self.report.reject(loc, "documents", bad.reason, bad.message)
-                    continue
-                self.add_document(loc, title, text, source_id)
+            self.add_document_rows(rows)
+
+    def add_document_rows(self, rows, id_key: str = "id", id_required: bool = False) -> None:
+        """Documents shaped ``{id?, title?, text}`` (plain corpora, MuSiQue's corpus, BEIR's corpus.jsonl);
+        a bad row is rejected with its location and reason, the others are added."""
+        for loc, obj in rows:
+            try:
+                text = _str_field(obj, "text")
+                title = _str_field(obj, "title", required=False)
+                source_id = _id_field(obj, id_key, required=id_required)
+            except _Bad as bad:
+                self.report.reject(loc, "documents", bad.reason, bad.message)
+                continue
+            self.add_document(loc, title, text, source_id)
 
     def load_context_qa(self, path: Path) -> None:
         """HotpotQA and 2WikiMultihopQA: ``context`` [[title, [sentences]]] and ``supporting_facts``
@@ -834,15 +839,7 @@ class _Importer:
         titles repeat (one Wikipedia article gives several paragraphs).
         """
         if corpus_path is not None:
-            for loc, obj in self.records(corpus_path, "documents"):
-                try:
-                    text = _str_field(obj, "text")
-                    title = _str_field(obj, "title", required=False)
-                    source_id = _id_field(obj, "id", required=False)
-                except _Bad as bad:
-                    self.report.reject(loc, "documents", bad.reason, bad.message)
-                    continue
-                self.add_document(loc, title, text, source_id)
+            self.add_document_rows(self.records(corpus_path, "documents"))
         for loc, obj in self.records(path, "questions"):
             try:
                 qid = _id_field(obj, "id")
@@ -975,15 +972,7 @@ class _Importer:
         A query becomes a question when the split judges at least one document relevant (score > 0);
         those documents are its gold. BEIR has no answers, so ``answers`` is empty.
         """
-        for loc, obj in self.records(folder / "corpus.jsonl", "documents"):
-            try:
-                source_id = _id_field(obj, "_id")
-                text = _str_field(obj, "text")
-                title = _str_field(obj, "title", required=False)
-            except _Bad as bad:
-                self.report.reject(loc, "documents", bad.reason, bad.message)
-                continue
-            self.add_document(loc, title, text, source_id)
+        self.add_document_rows(self.records(folder / "corpus.jsonl", "documents"), id_key="_id", id_required=True)
         queries: dict[str, tuple[Loc, str]] = {}
         for loc, obj in self.records(folder / "queries.jsonl", "questions"):
             try:
