@@ -250,7 +250,7 @@ def run_compressed_index(ctx: StageContext) -> dict:
         run.log_metrics(counts, prefix="update.")
         meta["mlflow_run_id"] = run.run_id
     summary = {"path": str(ctx.paths.compressed_index), **meta}
-    # the summary lives in the current version's folder's parent; written atomically like everything else
+    # beside CURRENT and versions/: it describes the whole index folder, not one version
     return _write_summary(ctx.paths.compressed_index, summary)
 
 
