@@ -24,6 +24,7 @@ for a 30k-150k row vocabulary and nothing else in the vocabulary can drift.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -57,6 +58,18 @@ MAX_COMPRESSION_RATE = 256  # the paper's range is 4-128; 1 (no compression) is 
 
 # ----------------------------------------------------------------------------------------------------------
 # straight-through top-k (stage 3)
+
+
+INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def inference_dtype(name: str | None) -> torch.dtype | None:
+    """"bfloat16" -> torch.bfloat16, with an error that lists the choices; None and "" mean no cast."""
+    if not name:
+        return None
+    if str(name) not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(INFERENCE_DTYPES)}")
+    return getattr(torch, str(name))
 
 
 def straight_through_topk(scores: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
@@ -354,48 +367,34 @@ class ClaraModel(nn.Module):
     def _run_encoder(self, body, emb: torch.Tensor, attn: torch.Tensor, adapter: str) -> torch.Tensor:
         """Last hidden states of the encoder with `adapter` active.
 
-        Without gradient in separate mode (index build, query encoding) the adapter is folded into the
-        weights, W + scale * B @ A, and the base layers run alone: on CPU the LoRA side-path cost more than
-        the encoder itself (benchmarks/model_throughput.py). Shared mode keeps the side path, since a
-        merged copy of a 7B backbone's linear weights would double its memory."""
+        Without gradient in separate mode (index build, query encoding) a plain copy of the encoder with the
+        adapter folded into its weights, W + scale * B @ A, runs instead: on CPU the LoRA side paths and
+        peft's wrappers cost a sixth of encoding a question (12.2 -> 10.3 ms, benchmarks/latency.py). The
+        copy costs the encoder's size once per adapter used (~90 MB for MiniLM). Shared mode keeps the side
+        path, since a merged copy of a 7B backbone would double its memory."""
         if torch.is_grad_enabled() or self.mode != "separate":
             return body(inputs_embeds=emb, attention_mask=attn).last_hidden_state
-        merged = self._merged_weights(adapter)
-        layers = [m for _, m in self._lora_layers()]
-        # switch the side paths off layer by layer: peft's model-wide disable_adapter() context cost ~20 ms
-        # per call, as much as encoding a question (tests/test_model.py checks the output still matches)
-        for layer in layers:
-            layer._disable_adapters = True
-        try:
-            out = torch.func.functional_call(body, merged, (), {"inputs_embeds": emb, "attention_mask": attn})
-        finally:
-            for layer in layers:
-                layer._disable_adapters = False
-        return out.last_hidden_state
-
-    def _lora_layers(self) -> list:
-        """(name, layer) of every LoRA layer in the encoder, found once (walking the modules costs ms)."""
-        if "_lora_layer_cache" not in self.__dict__:
-            from peft.tuners.lora import LoraLayer
-
-            layers = [(n, m) for n, m in self._encoder_body().named_modules() if isinstance(m, LoraLayer)]
-            for _, m in layers:  # the flag _run_encoder flips must be the one LoraLayer.forward reads
-                if not hasattr(m, "_disable_adapters") or m.disable_adapters != m._disable_adapters:
-                    raise RuntimeError("this peft version hides its adapter switch; update _run_encoder")
-            self.__dict__["_lora_layer_cache"] = layers
-        return self.__dict__["_lora_layer_cache"]
+        return self._merged_encoder(adapter)(inputs_embeds=emb, attention_mask=attn).last_hidden_state
 
     @torch.no_grad()
-    def _merged_weights(self, adapter: str) -> dict[str, torch.Tensor]:
-        """{base weight name: base + delta of `adapter`} for every LoRA layer, cached until a LoRA tensor of
-        that adapter changes (optimizer steps and loads bump the tensors' version counters)."""
-        layers = [(n, m) for n, m in self._lora_layers() if adapter in m.lora_A]
-        key = tuple((t.data_ptr(), t._version) for _, m in layers
+    def _merged_encoder(self, adapter: str) -> nn.Module:
+        """A plain copy of the encoder with `adapter` merged in (no LoRA layers), cached until a LoRA or base
+        tensor changes (optimizer steps and loads bump the tensors' version counters or replace them).
+
+        Kept out of the module tree (in __dict__), so it is neither saved, nor counted, nor trained."""
+        if "_lora_layer_cache" not in self.__dict__:  # walking the modules costs ms: find them once
+            from peft.tuners.lora import LoraLayer
+
+            self.__dict__["_lora_layer_cache"] = [m for m in self.encoder.modules() if isinstance(m, LoraLayer)]
+        layers = [m for m in self.__dict__["_lora_layer_cache"] if adapter in m.lora_A]
+        key = tuple((t.data_ptr(), t._version) for m in layers
                     for t in (m.lora_A[adapter].weight, m.lora_B[adapter].weight, m.base_layer.weight))
-        cache = self.__dict__.setdefault("_merged_cache", {})
+        cache = self.__dict__.setdefault("_merged_encoders", {})
         if adapter not in cache or cache[adapter][0] != key:
-            merged = {f"{n}.base_layer.weight": m.base_layer.weight + m.get_delta_weight(adapter) for n, m in layers}
-            cache[adapter] = (key, merged)
+            cache.pop(adapter, None)  # free the stale copy before making the new one
+            plain = copy.deepcopy(self.encoder).merge_and_unload(adapter_names=[adapter])
+            plain.eval().requires_grad_(False)
+            cache[adapter] = (key, plain)
         return cache[adapter][1]
 
     def _wrap_ids(self) -> tuple[list[int], list[int]]:
@@ -584,7 +583,9 @@ class ClaraModel(nn.Module):
         ids, attn, ph_mask = ids.to(device), attn.to(device), ph_mask.to(device)
         emb = self._embed_prompt(ids, ph_mask, doc_embeddings)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        res = lm(inputs_embeds=emb, attention_mask=attn, position_ids=pos, use_cache=True)
+        # logits of the last position only: the prompt's other logits are never read, and the LM head over
+        # every prompt position was a quarter of the prefill on the embedded default (benchmarks/latency.py)
+        res = lm(inputs_embeds=emb, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
         banned = set(self.mem_ids) | {tok.bos_token_id, tok.pad_token_id}
         banned = torch.tensor(sorted(i for i in banned if i is not None and i != tok.eos_token_id), device=device)
         done = torch.zeros(len(questions), dtype=torch.bool, device=device)
@@ -601,10 +602,9 @@ class ClaraModel(nn.Module):
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            res = lm(
-                input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
-                past_key_values=res.past_key_values, use_cache=True,
-            )
+            # transformers 5.x renamed past_key_values to cache (the old name goes in 5.40); 4.x knows only the old
+            kv = {"cache": res.cache} if "cache" in res else {"past_key_values": res.past_key_values}
+            res = lm(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, use_cache=True, **kv)
         answers = []
         for row in torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in questions]:
             if tok.eos_token_id in row:
@@ -709,7 +709,11 @@ class ClaraModel(nn.Module):
         (out / "clara_config.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, path) -> "ClaraModel":
+    def load(cls, path, dtype: str | None = None) -> "ClaraModel":
+        """A saved model, in eval mode. dtype: cast it for inference ("bfloat16", "float16"; None or
+        "float32" keeps the saved float32). bfloat16 roughly halves CPU latency on CPUs with AVX512-BF16 or
+        AMX (benchmarks/latency.py) at the cost of a few changed answers; training stays float32."""
+        torch_dtype = inference_dtype(dtype)
         path = Path(path)
         meta = json.loads((path / "clara_config.json").read_text())
         if meta.get("format") != CHECKPOINT_FORMAT:
@@ -725,5 +729,7 @@ class ClaraModel(nn.Module):
                 if state[name].shape != p.shape:
                     raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}")
                 p.copy_(state[name])
+        if torch_dtype is not None and torch_dtype != torch.float32:
+            model.to(torch_dtype)
         model.eval()
         return model
