@@ -50,8 +50,9 @@ class ClaraRAG:
                              f"the model makes {model.n_mem}x{model.hidden_size}; rebuild the index with this model")
 
     @classmethod
-    def load(cls, model_dir, index_dir) -> "ClaraRAG":
-        return cls(ClaraModel.load(model_dir), CompressedIndex.load(index_dir_for(model_dir, index_dir)))
+    def load(cls, model_dir, index_dir, dtype: str | None = None) -> "ClaraRAG":
+        """dtype: see ClaraModel.load (e.g. "bfloat16" for faster CPU/GPU inference)."""
+        return cls(ClaraModel.load(model_dir, dtype=dtype), CompressedIndex.load(index_dir_for(model_dir, index_dir)))
 
     def retrieve(self, questions: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, k], index rows [B, k]) by the query reasoner's cosine, best first."""

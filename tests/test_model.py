@@ -145,6 +145,25 @@ def test_save_load_bit_identical_and_missing_tensor_raises(tiny_bert, tmp_path):
         ClaraModel.load(tmp_path / "ckpt")
 
 
+def test_load_in_bfloat16_for_inference(tiny_bert, tmp_path):
+    """ClaraModel.load(dtype=...) casts the model for serving; outputs stay float32 and close to float32's."""
+    model = ClaraModel.from_params(separate_cfg(tiny_bert), corpus(), seed=3)
+    randomise_lora_b(model)
+    model.save(tmp_path / "ckpt")
+    half = ClaraModel.load(tmp_path / "ckpt", dtype="bfloat16")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    full, low = model.compress(DOCS), half.compress(DOCS)
+    assert low.dtype == torch.float32 and low.shape == full.shape
+    assert F.cosine_similarity(low.flatten(1), full.flatten(1)).min() > 0.98
+    queries = half.encode_queries([q for q, _, _ in QA])
+    assert queries.dtype == torch.float32 and torch.isfinite(queries).all()
+    answers = half.generate([q for q, _, _ in QA[:2]], low[:2].unsqueeze(1), max_new_tokens=4)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert ClaraModel.load(tmp_path / "ckpt", dtype="float32").mem_embeddings.dtype == torch.float32
+    with pytest.raises(ValueError, match="bfloat16"):
+        ClaraModel.load(tmp_path / "ckpt", dtype="int8")
+
+
 def test_generate_returns_strings(tiny_bert):
     model = ClaraModel.from_params(separate_cfg(tiny_bert), corpus())
     docs = model.compress(DOCS[:4]).view(2, 2, model.n_mem, -1)

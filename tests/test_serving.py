@@ -204,3 +204,19 @@ def test_in_process_bounds_are_value_errors(materialised):
         model.predict(pd.DataFrame({"question": ["x" * 1001]}))
     with pytest.raises(ValueError, match="k must be an integer between 1 and 50"):
         model.predict(pd.DataFrame({"question": [QUESTION]}), params={"k": 0})
+
+
+def test_clara_dtype_casts_the_served_model(materialised, monkeypatch):
+    """CLARA_DTYPE=bfloat16 serves the champion cast for inference; a dtype it does not know is refused."""
+    import pandas as pd
+    import torch
+
+    mlflow = tracking.configure(materialised)
+    monkeypatch.setenv("CLARA_DTYPE", "bfloat16")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    assert model.unwrap_python_model().rag.model.mem_embeddings.dtype == torch.bfloat16
+    out = model.predict(pd.DataFrame({"question": [QUESTION]}), params={"k": 2})
+    assert isinstance(out["answer"][0], str) and len(json.loads(out["documents"][0])) == 2
+    monkeypatch.setenv("CLARA_DTYPE", "int8")
+    with pytest.raises(Exception, match="dtype 'int8' is not one of float32, bfloat16, float16"):
+        mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
