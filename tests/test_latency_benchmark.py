@@ -1,0 +1,79 @@
+"""benchmarks/latency.py runs end to end on the tiny lineage (figures are not checked: this machine's
+timings are not a test), reports every section it is asked for, and refuses what it cannot measure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+
+
+@pytest.fixture(scope="module")
+def latency():
+    spec = importlib.util.spec_from_file_location("latency_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def summary_rows(out: str) -> dict[tuple[str, str], list[str]]:
+    rows = {}
+    for line in out.split("## Summary", 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 5 and cells[0] not in ("generator", "---"):
+            rows[(cells[0], cells[1])] = cells
+    return rows
+
+
+def test_embedded_in_both_dtypes(latency, tiny_lineage, capsys):
+    root, _ = tiny_lineage
+    # --threads 0: leave torch's thread count alone for the rest of the session
+    assert latency.main(["--root", str(root), "--generators", "embedded", "--dtypes", "bfloat16,float32",
+                         "--questions", "3", "--warmup", "1", "--max-new-tokens", "3", "--threads", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = summary_rows(out)
+    assert list(rows) == [("embedded", "float32"), ("embedded", "bfloat16")]  # float32 first: cast down only
+    for cells in rows.values():
+        input_ratio, doc_ratio = (float(c.rstrip("x")) for c in cells[2:4])
+        assert doc_ratio > input_ratio > 1  # full text reads more; documents alone differ the most
+        assert cells[-1] in ("MET", "NOT MET")
+    assert out.count("generator TTFT ~=") == 2 and "bfloat16 vs float32: the same compressed-path answer" in out
+    assert "retrieved the same documents for every question: True" in out
+
+
+def test_large_generator_over_passages(latency, tiny_lineage, tmp_path, monkeypatch, capsys):
+    """The 0.5b sections with a tiny stand-in generator (the real shape is minutes on CPU): the passages are
+    filtered to those filling the budget, and their own questions are asked."""
+    root, _ = tiny_lineage
+    monkeypatch.setattr(latency, "LARGE_GENERATOR", {"hidden_size": 48, "intermediate_size": 96,
+                                                     "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                     "num_key_value_heads": 1})
+    long_text = "This a document about {0}. " + " ".join(f"{{0}} fact {i} is stated here." for i in range(12))
+    rows = [{"question": [f"What is fact 3 of {name}?"], "answers": ["x"], "docs": [long_text.format(name)]}
+            for name in ("Alba", "Corva", "Tessel", "Marrow", "Vell", "Lintel", "Oren")]
+    rows.append({"question": ["Too short?"], "answers": ["x"], "docs": ["Short."]})
+    passages = tmp_path / "wiki.jsonl"
+    passages.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert latency.main(["--root", str(root), "--generators", "0.5b", "--dtypes", "float32",
+                         "--large-questions", "2", "--warmup", "1", "--large-new-tokens", "2", "--threads", "0",
+                         "--passages", str(passages), "--passages-doc-max-length", "16"]) == 0
+    out = capsys.readouterr().out
+    assert [key[0] for key in summary_rows(out)] == ["0.5b", "0.5b, Wikipedia passages, doc_max_length 16"]
+    assert re.search(r"flat index of 7 documents .*7 of 8 passages", out)  # the short one is left out
+    assert "n_mem 2, doc_max_length 16" in out
+
+
+def test_refusals(latency, tmp_path, capsys):
+    assert latency.main(["--root", str(tmp_path)]) == 1
+    assert "make run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        latency.main(["--root", str(tmp_path), "--dtypes", "int8"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": ["q"], "docs": ["text"]}) + "\n" + json.dumps({"question": ["q"]}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl: record 2 has no passage"):
+        latency.read_passages(bad)
