@@ -4,7 +4,10 @@ For each corpus size and each index type (flat, ivf, hnsw, pq) this builds the i
 pipeline does (``clara_pipeline.index.build_faiss_index``: L2-normalised rows, seeded training sample,
 fallback rules) and searches it through ``CompressedIndex.search``, one query at a time, as serving does.
 It prints a Markdown table: build seconds, p50/p99 latency per single query in milliseconds, recall@10
-against exact (flat) search, and the serialised index size.
+against exact (flat) search, and the serialised index size. Settings that apply at search time (hnsw's
+ef_search, ivf/pq's nprobe, pq's rerank) are also swept on the same build (rows marked "same build"), so
+the table shows what raising them buys without rebuilding (``index.ef_search`` etc. in params.yaml, or
+``CompressedIndex.set_search_params``).
 
 The vectors are a seeded gaussian mixture (``--clusters`` centres, unit-variance spread around each), not
 uniform noise: real document embeddings cluster by topic, and on structureless noise ivf and pq recall
@@ -59,7 +62,9 @@ def describe(plan: dict) -> str:
 
 
 def run_one(data: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray, settings: IndexSettings, k: int,
-            search_threads: int) -> dict:
+            search_threads: int, variants: list[dict] | None = None) -> list[dict]:
+    """Build once; time the plan's own search settings, then each of `variants` (search-time settings such
+    as {"ef_search": 256} or {"nprobe": 64, "rerank": 32}) on the same index. One row each."""
     started = time.perf_counter()
     index, plan = build_faiss_index(data, settings)
     build_s = time.perf_counter() - started
@@ -67,7 +72,20 @@ def run_one(data: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray, setti
     # (normalising the query, hnsw's beam >= k, ivf's refill of short result lists, pq's exact re-ranking
     # from the stored vectors, which here are in memory rather than a memory-mapped vectors.npy).
     reader = CompressedIndex(Path("<memory>"), index, data[:, None, :], [], {"index": plan})
-    reader.set_search_params(nprobe=plan.get("nprobe"), ef_search=plan.get("ef_search"), rerank=plan.get("rerank"))
+    rows = []
+    for variant in [{}] + list(variants or []):
+        searched = {**plan, **variant}
+        reader.set_search_params(nprobe=searched.get("nprobe"), ef_search=searched.get("ef_search"),
+                                 rerank=searched.get("rerank"))
+        row = _time_search(reader, queries, exact_rows, k, search_threads)
+        size_mb = faiss.serialize_index(index).nbytes / 2**20
+        rows.append({"type": plan["type"], "settings": describe(searched) + (" (same build)" if variant else ""),
+                     "build_s": build_s if not variant else None, **row, "index_mb": size_mb})
+    return rows
+
+
+def _time_search(reader: CompressedIndex, queries: np.ndarray, exact_rows: np.ndarray, k: int,
+                 search_threads: int) -> dict:
     one = queries[:, None, :]  # [Q, n_mem=1, dim]: search() flattens anyway
     build_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(search_threads)
@@ -83,10 +101,8 @@ def run_one(data: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray, setti
         faiss.omp_set_num_threads(build_threads)
     rows = np.stack(rows)
     recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(rows, exact_rows)]))
-    size_mb = faiss.serialize_index(index).nbytes / 2**20
-    return {"type": plan["type"], "settings": describe(plan), "build_s": build_s,
-            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
-            f"recall@{k}": recall, "index_mb": size_mb}
+    return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+            f"recall@{k}": recall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,12 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nlist", type=int, default=0, help="ivf/pq lists; 0 = round(sqrt(N)) as in the pipeline")
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=40)
-    parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--ef-construction", type=int, default=IndexSettings().ef_construction)
+    parser.add_argument("--ef-search", type=int, default=IndexSettings().ef_search)
     parser.add_argument("--pq-m", type=int, default=0, help="0 = largest divisor of dim <= dim/8 (32 for 256)")
     parser.add_argument("--pq-nbits", type=int, default=8)
-    parser.add_argument("--pq-rerank", type=int, nargs="+", default=[1, 8],
+    parser.add_argument("--pq-rerank", type=int, nargs="+", default=[1, IndexSettings().pq_rerank],
                         help="pq rows: candidates per result re-scored exactly (1 = pq codes alone)")
+    parser.add_argument("--sweep-ef-search", type=int, nargs="*", default=[16, 32, 128],
+                        help="hnsw: also search the same build with these beams (search-time setting)")
+    parser.add_argument("--sweep-nprobe", type=int, nargs="*", default=[64],
+                        help="ivf and pq: also search the same build probing these many lists")
+    parser.add_argument("--sweep-pq-rerank", type=int, nargs="*", default=[8, 16, 64],
+                        help="pq with rerank > 1: also search the same build re-scoring these many candidates per "
+                             "result")
     parser.add_argument("--train-size", type=int, default=50_000, help="ivf/pq training sample (seeded)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -137,11 +160,19 @@ def main(argv: list[str] | None = None) -> int:
                                      ef_construction=args.ef_construction, ef_search=args.ef_search,
                                      pq_m=args.pq_m, pq_nbits=args.pq_nbits, pq_rerank=rerank,
                                      train_size=args.train_size, seed=args.seed)
+            variants = []
+            if kind == "hnsw":
+                variants = [{"ef_search": ef} for ef in args.sweep_ef_search]
+            elif kind == "ivf" or (kind == "pq" and rerank == 1):
+                variants = [{"nprobe": n} for n in args.sweep_nprobe]
+            elif kind == "pq":
+                variants = [{"nprobe": n} for n in args.sweep_nprobe] + [{"rerank": r} for r in args.sweep_pq_rerank]
             print(f"[{size} x {args.dim}] building {kind} ...", file=sys.stderr, flush=True)
-            row = {"vectors": size, **run_one(data, queries, exact_rows, settings, args.k, args.search_threads)}
-            print(f"[{size} x {args.dim}] {kind}: build {row['build_s']:.1f}s, p50 {row['p50_ms']:.2f}ms, "
-                  f"recall {row[f'recall@{args.k}']:.3f}", file=sys.stderr, flush=True)
-            results.append(row)
+            for row in run_one(data, queries, exact_rows, settings, args.k, args.search_threads, variants):
+                row = {"vectors": size, **row}
+                print(f"[{size} x {args.dim}] {kind} {row['settings']}: p50 {row['p50_ms']:.2f}ms, "
+                      f"recall {row[f'recall@{args.k}']:.3f}", file=sys.stderr, flush=True)
+                results.append(row)
         del data
 
     print(f"Compressed-index search, {args.dim}-d L2-normalised vectors (gaussian mixture, {args.clusters} "
@@ -150,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| vectors | type | settings | build s | p50 ms | p99 ms | recall@{args.k} vs flat | index MB |")
     print("|---:|---|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['vectors']:,} | {r['type']} | {r['settings']} | {r['build_s']:.1f} | {r['p50_ms']:.2f} | "
+        build = "" if r["build_s"] is None else f"{r['build_s']:.1f}"
+        print(f"| {r['vectors']:,} | {r['type']} | {r['settings']} | {build} | {r['p50_ms']:.2f} | "
               f"{r['p99_ms']:.2f} | {r[f'recall@{args.k}']:.3f} | {r['index_mb']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

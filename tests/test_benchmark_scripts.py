@@ -1,5 +1,6 @@
-"""benchmarks/latency.py runs end to end on the tiny lineage (figures are not checked: this machine's
-timings are not a test), reports every section it is asked for, and refuses what it cannot measure."""
+"""The serving benchmarks run end to end on small inputs (their figures are not checked: this machine's
+timings are not a test): benchmarks/latency.py on the tiny lineage, reporting every section it is asked
+for and refusing what it cannot measure, and benchmarks/index_search.py with its search-time sweeps."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def latency():
-    spec = importlib.util.spec_from_file_location("latency_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("latency")
 
 
 def summary_rows(out: str) -> dict[tuple[str, str], list[str]]:
@@ -77,3 +82,18 @@ def test_refusals(latency, tmp_path, capsys):
     bad.write_text(json.dumps({"question": ["q"], "docs": ["text"]}) + "\n" + json.dumps({"question": ["q"]}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl: record 2 has no passage"):
         latency.read_passages(bad)
+
+
+def test_index_search_sweeps_search_settings_on_one_build(tmp_path, capsys):
+    index_search = load_script("index_search")
+    out_json = tmp_path / "rows.json"
+    assert index_search.main(["--sizes", "20000", "--queries", "20", "--clusters", "50", "--sweep-ef-search", "128",
+                              "--sweep-nprobe", "32", "--sweep-pq-rerank", "16", "--json", str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())
+    kinds = [(r["type"], r["build_s"] is None) for r in rows]
+    # flat; ivf + its nprobe sweep; hnsw + ef sweep; pq codes alone + nprobe; pq default rerank + nprobe + rerank=16
+    assert kinds == [("flat", False), ("ivf", False), ("ivf", True), ("hnsw", False), ("hnsw", True),
+                     ("pq", False), ("pq", True), ("pq", False), ("pq", True), ("pq", True)]
+    assert rows[0]["recall@10"] == 1.0 and all(0.0 <= r["recall@10"] <= 1.0 for r in rows)
+    assert "ef_search=128 (same build)" in rows[4]["settings"] and "rerank=16" in rows[9]["settings"]
+    assert "| 20,000 | hnsw |" in capsys.readouterr().out
