@@ -467,8 +467,8 @@ def exact_big(tmp_path_factory):
      {"type": "pq", "nlist": 4, "nprobe": 4, "pq_m": 12, "pq_nbits": 4, "code_bytes": 6, "rerank": 1}, 0.45, 0.75),
     ({"type": "pq", "nlist": 1, "pq_m": 12, "pq_nbits": 4, "pq_rerank": 1},  # 0.65
      {"type": "pq", "nlist": 1, "pq_m": 12, "pq_nbits": 4, "code_bytes": 6, "rerank": 1}, 0.5, 0.8),
-    ({"type": "pq", "nlist": 4, "nprobe": 4, "pq_m": 12, "pq_nbits": 4},  # re-scored from vectors.npy (default 8)
-     {"type": "pq", "nlist": 4, "pq_m": 12, "pq_nbits": 4, "rerank": 8}, 0.97, 1.0),
+    ({"type": "pq", "nlist": 4, "nprobe": 4, "pq_m": 12, "pq_nbits": 4},  # re-scored from vectors.npy (default 32)
+     {"type": "pq", "nlist": 4, "pq_m": 12, "pq_nbits": 4, "rerank": 32}, 0.97, 1.0),
 ])
 def test_approximate_index_types_build_and_search(tmp_path, exact_big, settings, plan, min_recall, max_recall):
     meta = build_index(HashCompressor(), BIG, tmp_path / "index", batch_size=250, settings=settings)
