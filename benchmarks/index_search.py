@@ -72,13 +72,13 @@ def run_one(data: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray, setti
     # (normalising the query, hnsw's beam >= k, ivf's refill of short result lists, pq's exact re-ranking
     # from the stored vectors, which here are in memory rather than a memory-mapped vectors.npy).
     reader = CompressedIndex(Path("<memory>"), index, data[:, None, :], [], {"index": plan})
+    size_mb = faiss.serialize_index(index).nbytes / 2**20
     rows = []
     for variant in [{}] + list(variants or []):
         searched = {**plan, **variant}
         reader.set_search_params(nprobe=searched.get("nprobe"), ef_search=searched.get("ef_search"),
                                  rerank=searched.get("rerank"))
         row = _time_search(reader, queries, exact_rows, k, search_threads)
-        size_mb = faiss.serialize_index(index).nbytes / 2**20
         rows.append({"type": plan["type"], "settings": describe(searched) + (" (same build)" if variant else ""),
                      "build_s": build_s if not variant else None, **row, "index_mb": size_mb})
     return rows
@@ -160,13 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                                      ef_construction=args.ef_construction, ef_search=args.ef_search,
                                      pq_m=args.pq_m, pq_nbits=args.pq_nbits, pq_rerank=rerank,
                                      train_size=args.train_size, seed=args.seed)
-            variants = []
-            if kind == "hnsw":
-                variants = [{"ef_search": ef} for ef in args.sweep_ef_search]
-            elif kind == "ivf" or (kind == "pq" and rerank == 1):
-                variants = [{"nprobe": n} for n in args.sweep_nprobe]
-            elif kind == "pq":
-                variants = [{"nprobe": n} for n in args.sweep_nprobe] + [{"rerank": r} for r in args.sweep_pq_rerank]
+            variants = [{"ef_search": ef} for ef in args.sweep_ef_search] if kind == "hnsw" else []
+            variants += [{"nprobe": n} for n in args.sweep_nprobe] if kind in ("ivf", "pq") else []
+            variants += [{"rerank": r} for r in args.sweep_pq_rerank] if kind == "pq" and rerank > 1 else []
             print(f"[{size} x {args.dim}] building {kind} ...", file=sys.stderr, flush=True)
             for row in run_one(data, queries, exact_rows, settings, args.k, args.search_threads, variants):
                 row = {"vectors": size, **row}

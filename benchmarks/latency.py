@@ -291,10 +291,11 @@ def main(argv=None) -> int:
     unknown = sorted(set(generators) - {"embedded", "0.5b"})
     if unknown or not generators:
         parser.error(f"--generators: unknown {unknown}; choose from embedded, 0.5b")
-    order = ("float32", "bfloat16", "float16")
-    if not dtypes or set(dtypes) - set(order):
-        parser.error(f"--dtypes: choose from {', '.join(order)}")
-    dtypes = sorted(set(dtypes), key=order.index)  # cast down only: float32 first
+    from clara_pipeline.model import INFERENCE_DTYPES, inference_dtype  # float32 first
+
+    if not dtypes or set(dtypes) - set(INFERENCE_DTYPES):
+        parser.error(f"--dtypes: choose from {', '.join(INFERENCE_DTYPES)}")
+    dtypes = sorted(set(dtypes), key=INFERENCE_DTYPES.index)  # cast down only: float32 first
 
     art = args.root / "artifacts"
     needed = [art / "clara_model", art / "compressed_index", art / "raw_corpus" / "questions_eval.jsonl"]
@@ -308,7 +309,6 @@ def main(argv=None) -> int:
 
     from clara_pipeline.inference import ClaraRAG
     from clara_pipeline.jsonl import read_jsonl
-    from clara_pipeline.model import inference_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -324,10 +324,11 @@ def main(argv=None) -> int:
             qs = qs * (total // max(len(qs), 1) + 1)
         return qs[:total]
 
-    device = rag.model.mem_embeddings.device
-    common = (f"Device {device}, torch threads {torch.get_num_threads()}; top-{args.k}; n_mem {rag.model.n_mem}, "
-              f"doc_max_length {rag.model.doc_max_length}; {args.warmup} warm-up questions untimed; questions from "
-              f"{art / 'raw_corpus' / 'questions_eval.jsonl'}.")
+    def context(model, source: str) -> str:
+        return (f"Device {model.mem_embeddings.device}, torch threads {torch.get_num_threads()}; top-{args.k}; "
+                f"n_mem {model.n_mem}, doc_max_length {model.doc_max_length}; {args.warmup} warm-up questions "
+                f"untimed; {source}.")
+
     print(f"# Latency at batch size 1: compressed top-{args.k} vs full-text top-{args.k}, same generator\n")
     headline = {}
     if "embedded" in generators:
@@ -337,10 +338,12 @@ def main(argv=None) -> int:
             setup = (f"{args.questions} questions; generator: the trained embedded Llama ({lm.num_hidden_layers} "
                      f"layers, hidden {lm.hidden_size}), whole model in {dtype}; greedy, max_new_tokens "
                      f"{args.max_new_tokens}; index {(embedded.index.meta.get('index') or {}).get('type', '?')} over "
-                     f"{embedded.index.index.ntotal} documents. " + common)
+                     f"{embedded.index.index.ntotal} documents. "
+                     + context(embedded.model, f"questions from {art / 'raw_corpus' / 'questions_eval.jsonl'}"))
             results = measure(embedded, first(args.questions), args.k, args.max_new_tokens, args.warmup)
             headline[("embedded", dtype)] = report(f"Embedded default (trained), {dtype}", setup, results, args.k)
             del embedded
+
     def large_sections(label: str, title: str, documents: list[dict], qs, source: str,
                        doc_max_length: int | None = None) -> None:
         """qs: questions, or {document id: question} to ask about the documents that were indexed."""
@@ -362,9 +365,8 @@ def main(argv=None) -> int:
                          f"{params / 1e6:.0f} M parameters besides embeddings), whole model in {dtype}; "
                          f"{args.large_new_tokens} tokens per answer (greedy; random weights, answers meaningless); "
                          f"flat index of {big.index.index.ntotal} documents built for it (float32) in {built:.0f} s "
-                         f"(model init + build_index). Device {device}, torch threads {torch.get_num_threads()}; "
-                         f"top-{args.k}; n_mem {big.model.n_mem}, doc_max_length {big.model.doc_max_length}; "
-                         f"{args.warmup} warm-up questions untimed; documents and questions from {source}.")
+                         "(model init + build_index). "
+                         + context(big.model, f"documents and questions from {source}"))
                 results = measure(big, first(args.large_questions, qs), args.k, args.large_new_tokens, args.warmup)
                 headline[(label, dtype)] = report(f"{title}, {dtype}", setup, results, args.k)
                 # random weights may emit EOS early on one path and not the other; say so if it happened
