@@ -401,7 +401,7 @@ def _to_numpy(vectors) -> np.ndarray:
 def _reindex_locked(model, table: list[dict], index_dir: Path, compressor_id: str, batch_size: int,
                     progress: Progress | None, settings: IndexSettings, show_progress: bool,
                     incremental: bool) -> dict:
-    n_mem, dim = int(model.n_mem), int(model.hidden_size)
+    n_mem, dim = int(model.n_mem), int(model.memory_dim)
     dtype = settings.vector_dtype
     hashes = [document_hash(d) for d in table]
     published = _current_name(index_dir) is not None or (index_dir / "index.faiss").is_file()

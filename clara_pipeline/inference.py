@@ -45,9 +45,9 @@ class ClaraRAG:
     def __init__(self, model: ClaraModel, index: CompressedIndex):
         self.model = model
         self.index = index
-        if index.meta["n_mem"] != model.n_mem or index.meta["dim"] != model.hidden_size:
+        if index.meta["n_mem"] != model.n_mem or index.meta["dim"] != model.memory_dim:
             raise ValueError(f"{index.path}: index holds {index.meta['n_mem']}x{index.meta['dim']} vectors, "
-                             f"the model makes {model.n_mem}x{model.hidden_size}; rebuild the index with this model")
+                             f"the model makes {model.n_mem}x{model.memory_dim}; rebuild the index with this model")
 
     @classmethod
     def load(cls, model_dir, index_dir, dtype: str | None = None) -> "ClaraRAG":
@@ -75,7 +75,7 @@ class ClaraRAG:
         embeddings = torch.from_numpy(self.index.embeddings(rows).astype(np.float32))
         return self.model.generate(questions, embeddings, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
-    def ask(self, questions: list[str], k: int = 3, max_new_tokens: int = 16) -> list[dict]:
+    def ask(self, questions: list[str], k: int = 5, max_new_tokens: int = 16) -> list[dict]:
         check_request(questions, k)
         scores, rows = self.retrieve(questions, k)
         answers = self.answer_from_rows(questions, rows, max_new_tokens=max_new_tokens)

@@ -56,6 +56,14 @@ CHECKPOINT_FORMAT = "clara-v1"
 MAX_COMPRESSION_RATE = 256  # the paper's range is 4-128; 1 (no compression) is a useful control
 
 
+# the system line of each kind of generator prompt (chat style), see ClaraModel._prompt_ids
+PROMPT_SYSTEM = {
+    "question": "Answer the question from the background. Reply with the answer only.",
+    "instruction": "Follow the instruction about the background.",
+}
+_DOCS, _QUERY = "\x00DOCS\x00", "\x00QUERY\x00"  # markers split out of the rendered chat template
+
+
 # ----------------------------------------------------------------------------------------------------------
 # straight-through top-k (stage 3)
 
@@ -166,7 +174,8 @@ def _copy_adapter(peft_model, src: str, dst: str) -> None:
 
 class ClaraModel(nn.Module):
     n_mem: int
-    hidden_size: int
+    hidden_size: int   # the generator's input-embedding width
+    memory_dim: int    # the compressor's width: what the index stores and retrieval scores (official CLaRa)
 
     def __init__(self, model_cfg: dict, corpus_texts: list[str] | None = None, seed: int = 0, _saved_dir=None):
         super().__init__()
@@ -204,6 +213,7 @@ class ClaraModel(nn.Module):
             self.generator_scratch = False
             self.projector = None
             d_enc = self.hidden_size = base.config.hidden_size
+            self.memory_dim = d_enc
         elif self.mode == "separate":
             enc_path = resolve_model_path(model_cfg.get("compressor_path") or "embedded-minilm")
             self.enc_tok = AutoTokenizer.from_pretrained(str(saved / "compressor_tokenizer") if saved else enc_path)
@@ -226,7 +236,7 @@ class ClaraModel(nn.Module):
             self.encoder = get_peft_model(encoder, lora, adapter_name="compressor")
             self.encoder.add_adapter("query", lora)
             _copy_adapter(self.encoder, "compressor", "query")
-            d_enc = encoder.config.hidden_size
+            d_enc = self.memory_dim = encoder.config.hidden_size
 
             gen_path = resolve_model_path(model_cfg.get("generator_path"))
             self.generator_scratch = gen_path is None
@@ -263,6 +273,14 @@ class ClaraModel(nn.Module):
             )
         else:
             raise ValueError(f"model.mode must be 'separate' or 'shared', got {self.mode!r}")
+
+        # chat: the generator's own chat template with a system line and a separator after each document, as
+        # the official code prompts; plain: "Background: .. Question: .. Answer:" (a generator without one)
+        style = model_cfg.get("prompt") or ("chat" if getattr(self.gen_tok, "chat_template", None) else "plain")
+        if style not in ("chat", "plain") or (style == "chat" and not getattr(self.gen_tok, "chat_template", None)):
+            raise ValueError(f"model.prompt={style!r}: 'chat' (needs a generator tokenizer with a chat template) "
+                             f"or 'plain'")
+        self.prompt_style = style
 
         body = self._encoder_body()
         init = body.get_input_embeddings().weight[self.mem_ids].detach().clone()
@@ -437,11 +455,16 @@ class ClaraModel(nn.Module):
         return torch.stack([cache[t] for t in texts])
 
     def compress_with_grad(self, texts: list[str]) -> torch.Tensor:
-        """Compressed (projected) documents [B, n, d] inside the autograd graph (training)."""
-        return self._project(self._encode(texts, self.doc_max_length, "compressor")[0])
+        """Compressed documents [B, n, memory_dim] inside the autograd graph (training).
+
+        These are the compressor's own memory states, as in the official CLaRa: retrieval scores them and
+        the index stores them; the projector (separate layout) maps them into the generator only when it
+        reads them. Scoring the projected vectors instead measured R@5 0.043 against 0.197 (issue 11)."""
+        return self._encode(texts, self.doc_max_length, "compressor")[0]
 
     def encode_queries_with_grad(self, questions: list[str]) -> torch.Tensor:
-        return self._project(self._encode(questions, self.question_max_length, "query")[0])
+        """The query reasoner's memory states [B, n, memory_dim], in the same space as compressed documents."""
+        return self._encode(questions, self.question_max_length, "query")[0]
 
     @contextlib.contextmanager
     def _eval_mode(self):
@@ -461,11 +484,11 @@ class ClaraModel(nn.Module):
         with self._eval_mode():
             outs = [fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
         if not outs:
-            return torch.zeros(0, self.n_mem, self.hidden_size)
+            return torch.zeros(0, self.n_mem, self.memory_dim)
         return torch.cat(outs).float().cpu()
 
     def compress(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        """Documents -> [B, n_mem, hidden_size] (no grad, eval mode): what the index stores."""
+        """Documents -> [B, n_mem, memory_dim] (no grad, eval mode): what the index stores."""
         return self._batched_eval(self.compress_with_grad, list(texts), batch_size)
 
     def encode_queries(self, questions: list[str], batch_size: int = 32) -> torch.Tensor:
@@ -473,73 +496,137 @@ class ClaraModel(nn.Module):
 
     # ---- generator ---------------------------------------------------------------------------------------
 
-    def _prompt_ids(self, question: str, k: int, context: list[str] | None = None) -> tuple[list[int], int]:
-        """'Background: ' + k*n placeholders + ' Question: ' + q + ' Answer:' -> (ids, placeholder start).
+    def _prompt_ids(self, question: str, k: int, context: list[str] | None = None,
+                    kind: str = "question") -> tuple[list[int], list[int]]:
+        """The generator's prompt -> (ids, start of each document's placeholder slot).
 
-        context: raw document texts to put in the background instead of placeholders (the full-text
-        baseline); each is cut to doc_max_length generator tokens, the same budget the compressor reads."""
+        kind "question": the background then the question; "instruction": the background then an instruction
+        (stage 1: write the document's QA pairs, or paraphrase it). Each document takes n_mem placeholder
+        positions, whose embeddings the compressed vectors replace. context: raw document texts in place of
+        the placeholders (the full-text baseline), each cut to doc_max_length generator tokens, the budget
+        the compressor reads."""
+        tok = self.gen_tok
+        pre, mid, post, sep = self._prompt_parts(kind)
+        lead = "" if self.prompt_style == "chat" else " "
+        q = tok(lead + question.strip(), add_special_tokens=False, truncation=True,
+                max_length=self.question_max_length)["input_ids"] if question.strip() else []
+        ids, starts = list(pre), []
+        docs = context if context is not None else [None] * k
+        for text in docs:
+            starts.append(len(ids))
+            if text is None:
+                ids += [tok.pad_token_id] * self.n_mem
+            else:
+                ids += tok(lead + text.strip(), add_special_tokens=False, truncation=True,
+                           max_length=self.doc_max_length)["input_ids"]
+            ids += sep
+        return ids + mid + q + post, starts
+
+    def _prompt_parts(self, kind: str) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Token ids of the fixed pieces around documents and question: (before the documents, between the
+        documents and the question, after the question, separator after each document). Cached: they
+        depend only on the tokenizer and the kind."""
+        cache = self.__dict__.setdefault("_prompt_cache", {})
+        if kind in cache:
+            return cache[kind]
+        if kind not in PROMPT_SYSTEM:
+            raise ValueError(f"prompt kind must be one of {sorted(PROMPT_SYSTEM)}, got {kind!r}")
         tok = self.gen_tok
 
-        def enc(s, **kw):
-            return tok(s, add_special_tokens=False, **kw)["input_ids"]
+        def enc(text: str) -> list[int]:
+            return tok(text, add_special_tokens=False)["input_ids"] if text else []
 
-        head = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + enc("Background:")
-        q = enc(" " + question.strip(), truncation=True, max_length=self.question_max_length) if question.strip() else []
-        if context is not None:
-            body = [i for text in context for i in enc(" " + text.strip(), truncation=True, max_length=self.doc_max_length)]
-        else:
-            body = [tok.pad_token_id] * (k * self.n_mem)
-        return head + body + enc(" Question:") + q + enc(" Answer:"), len(head)
+        if self.prompt_style == "chat":
+            tail = "Question: " if kind == "question" else ""
+            messages = [{"role": "system", "content": PROMPT_SYSTEM[kind]},
+                        {"role": "user", "content": f"Background:\n{_DOCS}\n{tail}{_QUERY}"}]
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            before, rest = text.split(_DOCS)
+            between, after = rest.split(_QUERY)
+            parts = (enc(before), enc(between), enc(after), enc("\n"))
+        else:  # no chat template: the short plain prompt (tiny from-scratch generators in tests)
+            # the from-scratch generator was trained with BOS first; a pretrained one gets what its tokenizer
+            # itself puts before a text (SmolLM2: nothing; its BOS is the chat marker <|im_start|>)
+            if self.generator_scratch:
+                head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+            else:
+                head = tok("", add_special_tokens=True)["input_ids"]
+            between = " Question: " if kind == "question" else " Task: "
+            parts = (head + enc("Background:"), enc(between.rstrip()), enc(" Answer:"), [])
+        cache[kind] = parts
+        return parts
 
     def _embed_prompt(self, ids, ph_mask, doc_embeddings):
+        """Input embeddings of the prompt with the placeholders replaced by the documents [B, k, n, memory_dim]
+        (projected into the generator's space where there is a projector)."""
         lm = self._generator_lm()
         emb = lm.get_input_embeddings()(ids)
         if doc_embeddings is not None and doc_embeddings.shape[1] > 0:
-            src = doc_embeddings.to(device=emb.device, dtype=emb.dtype).reshape(-1, emb.shape[-1])
+            docs = self._project(doc_embeddings.to(device=emb.device, dtype=self._param_dtype()))
+            src = docs.to(emb.dtype).reshape(-1, emb.shape[-1])
             emb = emb.masked_scatter(ph_mask.unsqueeze(-1), src)  # fills placeholders row by row, in order
         return emb
 
-    def answer_loss(self, questions, doc_embeddings, answers, answer_max_length=None):
-        """Mean cross-entropy on answer tokens (+EOS) given question and docs [B, k, n, d] (or None).
+    def _param_dtype(self) -> torch.dtype:
+        return self.mem_embeddings.dtype
 
-        answer_max_length: an int, or one int per row (stage 1 mixes short QA answers and long paraphrases)."""
+    def _placeholder_mask(self, ids: torch.Tensor, starts: list[list[int]], offsets: list[int]) -> torch.Tensor:
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (row, off) in enumerate(zip(starts, offsets)):
+            for s in row:
+                mask[i, off + s : off + s + self.n_mem] = True
+        return mask
+
+    def answer_loss(self, questions, doc_embeddings, answers, answer_max_length=None, kinds=None):
+        """Mean cross-entropy on answer tokens (+EOS) given question and docs [B, k, n, memory_dim] (or None).
+
+        answer_max_length: an int, or one int per row (stage 1 mixes short QA answers and long paraphrases).
+        kinds: per row "question" (default) or "instruction" (the row's `question` is an instruction)."""
         self._use_adapter("generator")
         tok = self.gen_tok
         amax = answer_max_length or self.answer_max_length
         amax = list(amax) if isinstance(amax, (list, tuple)) else [amax] * len(answers)  # per-row limits
+        kinds = list(kinds) if kinds is not None else ["question"] * len(answers)
         k = 0 if doc_embeddings is None else doc_embeddings.shape[1]
-        seqs, labels, ph_rows = [], [], []
-        for q, a, m in zip(questions, answers, amax):
-            prompt, ph_start = self._prompt_ids(q, k)
-            ans = tok(" " + a.strip(), add_special_tokens=False, truncation=True, max_length=int(m))["input_ids"]
+        lead = "" if self.prompt_style == "chat" else " "
+        seqs, labels, starts = [], [], []
+        for q, a, m, kind in zip(questions, answers, amax, kinds):
+            prompt, ph_starts = self._prompt_ids(q, k, kind=kind)
+            ans = tok(lead + a.strip(), add_special_tokens=False, truncation=True, max_length=int(m))["input_ids"]
             ans = ans + [tok.eos_token_id]
             seqs.append(prompt + ans)
             labels.append([-100] * len(prompt) + ans)
-            ph_rows.append(ph_start)
+            starts.append(ph_starts)
         ids, attn = _pad(seqs, tok.pad_token_id)
         lab, _ = _pad(labels, -100)
-        ph_mask = torch.zeros_like(ids, dtype=torch.bool)
-        for i, s in enumerate(ph_rows):
-            ph_mask[i, s : s + k * self.n_mem] = True
+        ph_mask = self._placeholder_mask(ids, starts, [0] * len(seqs))
         device = self.mem_embeddings.device
         ids, attn, lab, ph_mask = ids.to(device), attn.to(device), lab.to(device), ph_mask.to(device)
         emb = self._embed_prompt(ids, ph_mask, doc_embeddings)
-        logits = self._generator_lm()(inputs_embeds=emb, attention_mask=attn).logits
+        # the LM head runs over the answer positions only: over a 49k vocabulary the prompt's logits would
+        # cost as much as the rest of the generator and are never read
+        first = int((lab != -100).float().argmax(1).min()) if bool((lab != -100).any()) else 0
+        keep = max(1, ids.shape[1] - max(first - 1, 0))
+        logits = self._generator_lm()(inputs_embeds=emb, attention_mask=attn, logits_to_keep=keep).logits
+        target = lab[:, ids.shape[1] - keep + 1:]
         loss = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100
         )
         return loss, int((lab != -100).sum())
 
     @torch.no_grad()
     def generate(self, questions, doc_embeddings, max_new_tokens: int = 16, batch_size: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None, contexts: list[list[str]] | None = None) -> list[str]:
+                 seed: int | None = None, contexts: list[list[str]] | None = None,
+                 base_generator: bool = False) -> list[str]:
         """Answers, greedy or sampled, with a KV cache.
 
         doc_embeddings: [B, k, n_mem, d] compressed documents, or None (closed book, or `contexts`).
         contexts: per question, raw document texts for the full-text baseline (then doc_embeddings is None).
         do_sample: sample from softmax(logits / temperature) within the top_p nucleus; `seed` makes it
-        repeatable."""
+        repeatable.
+        base_generator: generate with the pretrained generator as it was, its LoRA adapter switched off (the
+        paper's full-text baseline); a from-scratch generator has no such state and answers as trained."""
         if contexts is not None and doc_embeddings is not None:
             raise ValueError("give compressed doc_embeddings or raw-text contexts, not both")
         if do_sample and temperature <= 0:
@@ -548,7 +635,7 @@ class ClaraModel(nn.Module):
         if do_sample:
             sampler = torch.Generator(device=self.mem_embeddings.device)
             sampler.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-        with self._eval_mode():
+        with self._eval_mode(), self._base_generator(base_generator):
             out = []
             for i in range(0, len(questions), batch_size):
                 docs = None if doc_embeddings is None else doc_embeddings[i : i + batch_size]
@@ -576,10 +663,8 @@ class ClaraModel(nn.Module):
         k = 0 if doc_embeddings is None else doc_embeddings.shape[1]
         prompts = [self._prompt_ids(q, k, None if contexts is None else contexts[i]) for i, q in enumerate(questions)]
         ids, attn = _pad([p for p, _ in prompts], tok.pad_token_id, left=True)  # left pad: all end together
-        ph_mask = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (p, s) in enumerate(prompts):
-            off = ids.shape[1] - len(p)
-            ph_mask[i, off + s : off + s + k * self.n_mem] = True
+        ph_mask = self._placeholder_mask(ids, [s if contexts is None else [] for _, s in prompts],
+                                         [ids.shape[1] - len(p) for p, _ in prompts])
         ids, attn, ph_mask = ids.to(device), attn.to(device), ph_mask.to(device)
         emb = self._embed_prompt(ids, ph_mask, doc_embeddings)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -634,22 +719,40 @@ class ClaraModel(nn.Module):
         """Answer each question from its compressed documents [Q, k, n, d] (None = closed book)."""
         return self.generate(questions, doc_vectors, **generate_kwargs)
 
+    @contextlib.contextmanager
+    def _base_generator(self, on: bool):
+        """Within: the generator without its LoRA adapter (a no-op when `on` is false or there is none)."""
+        peft_model = None
+        if on and self.mode == "shared":
+            peft_model = self.backbone
+        elif on and not self.generator_scratch:
+            peft_model = self.generator
+        if peft_model is None:
+            yield
+            return
+        with peft_model.disable_adapter():
+            yield
+        self._restore_trainable()
+
     def answer_from_text(self, questions: list[str], contexts: list[list[str]], **generate_kwargs) -> list[str]:
-        """The full-text baseline: answer each question from its raw documents, with the same generator."""
+        """The full-text baseline: answer each question from its raw documents (base_generator=True: with the
+        pretrained generator, adapters off, as the paper's text baseline)."""
         if len(contexts) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
         return self.generate(questions, None, contexts=contexts, **generate_kwargs)
 
     # ---- the three stage losses ----------------------------------------------------------------------------
 
-    def stage1_loss(self, documents, questions, answers, answer_max_length=None, mse_weight: float = 0.0):
-        """SCP: answer (or paraphrase) from ONE compressed document + MSE(mean memory state, mean doc state)."""
+    def stage1_loss(self, documents, questions, answers, answer_max_length=None, mse_weight: float = 0.0,
+                    kinds=None):
+        """SCP: from ONE compressed document, write its QA pairs / answer a question / paraphrase it, plus
+        MSE(mean memory state, mean doc state)."""
         # The document side is a fixed target (the backbone without adapters), not a moving part: when the
         # adapter shapes both sides it can zero the loss by mapping every state, memory and document, to one
         # constant vector, after which all documents compress alike (seen on the embedded default).
         mem, mem_mean, doc_mean = self._encode(documents, self.doc_max_length, "compressor", base_target=True)
         mse = F.mse_loss(mem_mean.float(), doc_mean.float())
-        lm_loss, n_tok = self.answer_loss(questions, self._project(mem).unsqueeze(1), answers, answer_max_length)
+        lm_loss, n_tok = self.answer_loss(questions, mem.unsqueeze(1), answers, answer_max_length, kinds)
         loss = lm_loss + mse_weight * mse
         return loss, {"lm_loss": lm_loss.item(), "mse_loss": mse.item(), "answer_tokens": n_tok}
 
@@ -699,6 +802,7 @@ class ClaraModel(nn.Module):
             "seed": self.seed,
             "n_mem": self.n_mem,
             "hidden_size": self.hidden_size,
+            "memory_dim": self.memory_dim,
             "generator_scratch": self.generator_scratch,
             "base_paths": {
                 key: resolve_model_path(self.model_cfg.get(key)) if self.model_cfg.get(key) else None

@@ -283,7 +283,7 @@ def compress_shard(model, documents: list[dict], shard: int, num_shards: int, ou
                     "path": str(out)}
     from clara_pipeline.index import _to_numpy  # torch tensor -> float32 numpy, the index's own conversion
 
-    n_mem, dim = int(model.n_mem), int(model.hidden_size)
+    n_mem, dim = int(model.n_mem), int(model.memory_dim)
     vectors = np.zeros((len(table), n_mem, dim), dtype=np.float32)
     for start in range(0, len(table), batch_size):
         part = table[start:start + batch_size]
@@ -313,8 +313,8 @@ class PrecomputedCompressor:
     """Stands in for the model in :func:`update_index`: "compresses" a text by looking up the vectors a shard
     computed for it. Vectors depend on the text alone, so a lookup by text is exact."""
 
-    def __init__(self, n_mem: int, hidden_size: int, by_text: dict[str, np.ndarray]):
-        self.n_mem, self.hidden_size, self.by_text = n_mem, hidden_size, by_text
+    def __init__(self, n_mem: int, memory_dim: int, by_text: dict[str, np.ndarray]):
+        self.n_mem, self.memory_dim, self.by_text = n_mem, memory_dim, by_text
 
     def compress(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         missing = [t for t in texts if t not in self.by_text]
@@ -322,7 +322,7 @@ class PrecomputedCompressor:
             raise KeyError(f"{len(missing)} documents have no vectors in any shard (first: {missing[0][:80]!r}); "
                            "rematerialise compressed_shards")
         if not texts:
-            return np.zeros((0, self.n_mem, self.hidden_size), np.float32)
+            return np.zeros((0, self.n_mem, self.memory_dim), np.float32)
         return np.stack([self.by_text[t] for t in texts])
 
 

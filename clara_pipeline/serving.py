@@ -46,7 +46,7 @@ INDEX_ENV = "CLARA_INDEX_DIR"
 DTYPE_ENV = "CLARA_DTYPE"
 MAX_QUESTIONS = 32      # rows per request: bounds one request's memory and latency
 MAX_NEW_TOKENS = 64
-DEFAULT_K = 3
+DEFAULT_K = 5  # the top-k the embedded default trains and benchmarks with (train.stage3.top_k)
 DEFAULT_MAX_NEW_TOKENS = 16
 COLUMNS = ("question", "answer", "documents")
 
@@ -115,10 +115,10 @@ def load_index_for(model, index_dir):
 
     index = CompressedIndex.load(index_dir)
     n_mem, dim = index.meta.get("n_mem"), index.meta.get("dim")
-    if n_mem != model.n_mem or dim != model.hidden_size:
+    if n_mem != model.n_mem or dim != model.memory_dim:
         raise IndexMismatchError(
             f"{index.path}: the index holds {n_mem}x{dim} vectors per document, this model makes "
-            f"{model.n_mem}x{model.hidden_size}; serve an index built with this model's compressor "
+            f"{model.n_mem}x{model.memory_dim}; serve an index built with this model's compressor "
             f"(unset {INDEX_ENV} to serve the index logged with the model)")
     return index
 

@@ -23,6 +23,7 @@ document is compressed once up front and cached: on 2 CPU cores that turns ~1.5 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -39,7 +40,18 @@ from safetensors.torch import load_file, save_file
 from .config import project_root
 from .model import ClaraModel
 
-PARAPHRASE_INSTRUCTION = "Paraphrase:"
+PARAPHRASE_INSTRUCTION = "Paraphrase:"  # target_form "question": the instruction of a paraphrase row
+# target_form "official" (the official CLaRa stage 1): from the memory tokens alone, with no question in the
+# prompt, the generator writes ALL of a document's QA pairs, or a paraphrase under one of several wordings
+QA_ALL_INSTRUCTION = "Write questions that cover all key information of the background and answer each one."
+PARAPHRASE_INSTRUCTIONS = (
+    "Paraphrase the background.",
+    "Rewrite the background in your own words.",
+    "Restate the background, keeping every fact.",
+    "Say the same as the background with different wording.",
+    "Reword the background without losing any detail.",
+)
+RECONSTRUCT_INSTRUCTION = "Repeat the background word for word."
 # settings that change how a run is saved or shown, not what it computes: they stay out of the fingerprint
 _BOOKKEEPING_KEYS = {"checkpoint_every", "keep_checkpoints", "log_every", "num_threads"}
 
@@ -146,6 +158,47 @@ def _stage_docs(record: dict, documents: dict, k: int, rng: random.Random) -> li
     return ids
 
 
+def stage1_examples(records: list[dict], documents: dict[str, str], stage_cfg: dict, answer_max_length: int,
+                    doc_max_length: int, seed: int) -> list[dict]:
+    """Stage-1 training rows from the SCP records: {document, question, answer, kind, max_length}.
+
+    target_form "official": one row per document holding all its QA pairs as "Question: q / Answer: a" lines
+    (kind "instruction", no question in the prompt), one row per paraphrase with a seeded choice among
+    PARAPHRASE_INSTRUCTIONS, and `reconstruction_per_doc` rows asking for the document itself.
+    target_form "question": one row per QA pair with its question in the prompt, as before issue 11."""
+    form = stage_cfg.get("target_form", "official")
+    if form not in ("official", "question"):
+        raise ValueError(f"train.stage1.target_form must be 'official' or 'question', got {form!r}")
+    rng = random.Random(seed)
+    para_len = int(stage_cfg.get("paraphrase_max_length", 48))
+    rows: list[dict] = []
+    if form == "question":
+        for r in records:
+            para = r.get("data_type") == "paraphrase"
+            rows.append({"document": _doc_text(r, documents),
+                         "question": (r.get("question") or PARAPHRASE_INSTRUCTION) if para else r.get("question", ""),
+                         "answer": r["answer"], "kind": "question",
+                         "max_length": para_len if para else answer_max_length})
+        return rows
+    qa_by_doc: dict[str, list[dict]] = {}
+    for r in records:
+        text = _doc_text(r, documents)
+        if r.get("data_type") == "paraphrase":
+            rows.append({"document": text, "question": rng.choice(PARAPHRASE_INSTRUCTIONS), "answer": r["answer"],
+                         "kind": "instruction", "max_length": para_len})
+        else:
+            qa_by_doc.setdefault(text, []).append(r)
+    for text, qas in qa_by_doc.items():
+        lines = "\n".join(f"Question: {r['question'].strip()}\nAnswer: {r['answer'].strip()}" for r in qas)
+        rows.append({"document": text, "question": QA_ALL_INSTRUCTION, "answer": lines, "kind": "instruction",
+                     "max_length": int(stage_cfg.get("qa_max_length", 128))})
+    for _ in range(int(stage_cfg.get("reconstruction_per_doc", 0))):
+        for text in sorted({_doc_text(r, documents) for r in records}):
+            rows.append({"document": text, "question": RECONSTRUCT_INSTRUCTION, "answer": text,
+                         "kind": "instruction", "max_length": doc_max_length})
+    return rows
+
+
 class _Sampler:
     """Epoch-wise shuffled batches of indices, reproducible from the seed, with a resumable position."""
 
@@ -200,6 +253,10 @@ class Stepper:
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(stage_cfg.get("weight_decay", 0.0)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(steps))
         self.backend = train_cfg.get("backend", "deepspeed")
+        # train.autocast: run the forward under torch.autocast in this dtype while weights, gradients and the
+        # optimizer stay float32. On this project's CPU (AVX512-BF16) bfloat16 took a SmolLM2 stage-1 step
+        # from ~18-25 s to ~9-11 s (docs/embedded-default.md); "none" or null = plain float32.
+        self.autocast = autocast_dtype(train_cfg.get("autocast"))
         self.engine = None
         if self.backend == "deepspeed":
             import deepspeed
@@ -227,11 +284,13 @@ class Stepper:
         losses, metrics = [], {}
         for batch in micro_batches:
             if self.engine is not None:
-                loss, metrics = self.engine(stage=stage, **batch)
+                with self._autocast():
+                    loss, metrics = self.engine(stage=stage, **batch)
                 self.engine.backward(loss)  # scales by 1/accum and steps only at the boundary
                 self.engine.step()
             else:
-                loss, metrics = self.model(stage=stage, **batch)
+                with self._autocast():
+                    loss, metrics = self.model(stage=stage, **batch)
                 (loss / self.accum).backward()
             losses.append(float(loss.item()))
         if self.engine is None:
@@ -241,6 +300,11 @@ class Stepper:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses), metrics
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=self.autocast)
 
     # ---- checkpoints: everything an exact resume needs -------------------------------------------------
 
@@ -284,6 +348,15 @@ class Stepper:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         return saved["client_state"]
+
+
+def autocast_dtype(name) -> torch.dtype | None:
+    """params.yaml's train.autocast -> a torch dtype (None, "none" or "float32": no autocast)."""
+    if name in (None, "", "none", "float32"):
+        return None
+    if name not in ("bfloat16", "float16"):
+        raise ValueError(f"train.autocast={name!r}: use bfloat16, float16 or none")
+    return getattr(torch, name)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -384,7 +457,7 @@ def train_stage(
         parts = {"compressor", "generator"}
         frozen_compressor = False
     elif stage == "stage2":
-        frozen_compressor = not bool(stage_cfg.get("train_compressor", False))
+        frozen_compressor = not bool(stage_cfg.get("train_compressor", True))
         parts = {"generator"} | (set() if frozen_compressor else {"compressor"})
     else:
         frozen_compressor = bool(stage_cfg.get("freeze_compressor", True))
@@ -404,7 +477,8 @@ def train_stage(
             raise ValueError(f"stage3: records have {n_cand} known candidates, fewer than top_k={top_k}")
         data = [(r, c[:n_cand]) if len(c) >= n_cand else (r, None) for r, c in zip(records, cands)]
     else:
-        data = [(r, None) for r in records]
+        data = [(r, None) for r in stage1_examples(records, documents, stage_cfg, model.answer_max_length,
+                                                   model.doc_max_length, seed)]
     data = [(r, ids) for r, ids in data if stage == "stage1" or ids is not None]
     if not data:
         raise ValueError(f"{stage}: no record has {top_k} documents found in `documents`")
@@ -413,7 +487,7 @@ def train_stage(
     if stage == "stage1" and mse_weight > 0:
         # the MSE target of every document, computed once in a fixed order: a resumed run then sees
         # bit-identical targets (batch composition would otherwise change the padding and the last bits)
-        model.prepare_doc_targets(sorted({_doc_text(r, documents) for r, _ in data}))
+        model.prepare_doc_targets(sorted({r["document"] for r, _ in data}))
 
     cache = None
     if frozen_compressor:
@@ -432,25 +506,18 @@ def train_stage(
         batch = [data[i] for i in idx]
         recs = [r for r, _ in batch]
         questions = [r.get("question") or "" for r in recs]
-        # stage-1 records carry one target; question records (stages 2/3) a list of gold aliases
+        # stage-1 rows carry one target; question records (stages 2/3) a list of gold aliases
         answers = [r["answer"] if "answer" in r else r["answers"][0] for r in recs]
         if stage == "stage1":
-            para = [r.get("data_type") == "paraphrase" for r in recs]
-            return dict(
-                documents=[_doc_text(r, documents) for r in recs],
-                questions=[q or PARAPHRASE_INSTRUCTION if p else q for q, p in zip(questions, para)],
-                answers=answers,
-                answer_max_length=[
-                    int(stage_cfg.get("paraphrase_max_length", 48)) if p else model.answer_max_length for p in para
-                ],
-                mse_weight=mse_weight,
-            )
+            return dict(documents=[r["document"] for r in recs], questions=questions, answers=answers,
+                        answer_max_length=[r["max_length"] for r in recs], mse_weight=mse_weight,
+                        kinds=[r["kind"] for r in recs])
         docs = doc_tensor([ids for _, ids in batch])
         if stage == "stage2":
             return dict(questions=questions, doc_embeddings=docs, answers=answers)
         return dict(
             questions=questions, candidate_embeddings=docs, answers=answers,
-            top_k=top_k, temperature=float(stage_cfg.get("temperature", 1.0)),
+            top_k=top_k, temperature=float(stage_cfg.get("temperature", 0.02)),
         )
 
     stepper = Stepper(model, params, stage_cfg, train_cfg, steps)

@@ -36,7 +36,7 @@ class HashCompressor:
     """A deterministic stand-in encoder (text -> n_mem x dim vectors) to test the index on its own.
     Counts the texts it compressed, so tests can tell what was (not) recompressed."""
 
-    n_mem, hidden_size = 3, 8
+    n_mem, memory_dim = 3, 8
 
     def __init__(self, delay_s: float = 0.0):
         self.compressed: list[str] = []
@@ -49,8 +49,8 @@ class HashCompressor:
         out = []
         for t in texts:
             seed = int(hashlib.sha1(t.encode()).hexdigest()[:8], 16)
-            out.append(torch.from_numpy(np.random.default_rng(seed).normal(size=(self.n_mem, self.hidden_size))).float())
-        return torch.stack(out) if out else torch.zeros(0, self.n_mem, self.hidden_size)
+            out.append(torch.from_numpy(np.random.default_rng(seed).normal(size=(self.n_mem, self.memory_dim))).float())
+        return torch.stack(out) if out else torch.zeros(0, self.n_mem, self.memory_dim)
 
 
 class FailingCompressor(HashCompressor):
