@@ -6,12 +6,17 @@ Retrieval systems (Recall@k and MRR against gold document ids; see clara_pipelin
     clara        the trained query reasoner over the whole compressed index
     clara_rerank the query reasoner re-ranking BM25's top-N candidates (N = scp.candidates), the setting
                  stage 3 trains in
+    clara_stage2, clara_stage2_rerank
+                 the same two with the model before stage 3 (its query reasoner is still the copy of the
+                 compressor that stage 3 starts from), so the report shows what joint training did
 When the corpus was chunked (documents carry ``parent_id``), retrieval is scored over passages: each
 ranked chunk is mapped to its passage, repeats dropped, and Recall@k counts the first k distinct passages.
 
-QA systems (EM, token F1, sub-EM, cover-EM; max over gold aliases), all with the one trained generator:
-    closed_book        no documents
-    bm25_text          BM25 top-k, raw text (``ClaraModel.answer_from_text``)
+QA systems (EM, token F1, sub-EM, cover-EM; max over gold aliases):
+    closed_book        no documents, the trained generator
+    bm25_text          BM25 top-k, raw text read by the pretrained generator with its adapter off, the paper's
+                       text baseline (``ClaraModel.answer_from_text(base_generator=True)``); a generator
+                       trained from scratch has no such state and reads with its trained weights
     dense_text         dense (MiniLM) top-k, raw text
     oracle_text        gold documents (filled up to k with BM25 hits), raw text
     bm25_compressed    BM25 top-k, read as compressed documents
@@ -19,9 +24,7 @@ QA systems (EM, token F1, sub-EM, cover-EM; max over gold aliases), all with the
     clara_rerank       query reasoner over BM25's top-N candidates, top-k
     oracle_compressed  gold documents (filled up to k with BM25 hits), compressed
 Raw text is cut to ``model.doc_max_length`` generator tokens per document, the budget the compressor
-reads. On the embedded default the generator is trained on compressed documents only (stages 1-3 never
-show it raw text), so the *_text rows measure a generator reading a kind of input it never saw: they
-are weak for that reason, and the report says so.
+reads.
 
 Efficiency per QA system: document positions the generator reads (mean), compression rate (raw-text
 positions of the same documents / positions read), a time-to-first-token proxy (retrieval + prompt
@@ -87,7 +90,9 @@ def _timed(fn) -> float:
 
 
 def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], cfg: dict,
-                  dense_model_path: str | None = None, seed: int = 0, log=print, num_candidates: int = 10) -> dict:
+                  dense_model_path: str | None = None, seed: int = 0, log=print, num_candidates: int = 10,
+                  stage2: ClaraRAG | None = None) -> dict:
+    """stage2: the model before stage 3 over the same index, for the clara_stage2* retrieval rows."""
     k = int(cfg["top_k"])
     recall_ks = [int(x) for x in cfg["recall_ks"]]
     if cfg.get("max_eval_questions"):
@@ -126,6 +131,13 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
     _, rerank_rows = rag.rerank(texts, bm25_rows, num_candidates)
     timings["clara_rerank_s"] = time.perf_counter() - t0
     ranked["clara_rerank"] = [[rag.index.documents[r]["id"] for r in row] for row in rerank_rows]
+    if stage2 is not None:
+        _, rows2 = stage2.retrieve(texts, depth)
+        ranked["clara_stage2"] = [[stage2.index.documents[r]["id"] for r in row] for row in rows2]
+        bm25_rows2 = np.array([[stage2.index.row_of[d] for d in lst[:num_candidates]] for lst in ranked["bm25"]],
+                              dtype=np.int64)
+        _, rerank2 = stage2.rerank(texts, bm25_rows2, num_candidates)
+        ranked["clara_stage2_rerank"] = [[stage2.index.documents[r]["id"] for r in row] for row in rerank2]
     log(f"benchmark: retrieval done for {len(questions)} questions")
 
     retrieval = {}
@@ -164,7 +176,8 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
         t0 = time.perf_counter()
         if system in TEXT_SYSTEMS:
             predictions[system] = model.answer_from_text(texts, [[text_of[d] for d in lst] for lst in lists],
-                                                         max_new_tokens=max_new, batch_size=bs)
+                                                         max_new_tokens=max_new, batch_size=bs,
+                                                         base_generator=True)
         else:
             rows = np.array([[row_of[d] for d in lst] for lst in lists], dtype=np.int64)
             predictions[system] = rag.answer_from_rows(texts, rows, max_new_tokens=max_new, batch_size=bs)
@@ -203,7 +216,9 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
     }
     return {"num_questions": len(questions), "eval_fingerprint": eval_fingerprint(questions),
             "retrieval": retrieval, "qa": qa, "efficiency": efficiency, "efficiency_by_system": efficiency_by_system,
-            "passage_level_retrieval": bool(unit), "settings": dict(cfg.get("report_notes") or {}),
+            "passage_level_retrieval": bool(unit),
+            "settings": {"inference dtype": str(model.mem_embeddings.dtype).replace("torch.", ""),
+                         **dict(cfg.get("report_notes") or {})},
             "per_question": per_question}
 
 
@@ -266,7 +281,8 @@ def _efficiency(rag, documents, questions, doc_lists, text_of, k, max_new, cfg, 
         else:  # oracle: the gold documents are given, no retrieval
             ids = gold_lists[q["id"]]
         if system in TEXT_SYSTEMS:
-            model.answer_from_text(text, [[text_of[d] for d in ids]], max_new_tokens=new_tokens, batch_size=1)
+            model.answer_from_text(text, [[text_of[d] for d in ids]], max_new_tokens=new_tokens, batch_size=1,
+                                   base_generator=True)
         else:
             rag.answer_from_rows(text, np.array([[row_of[d] for d in ids]], dtype=np.int64),
                                  max_new_tokens=new_tokens, batch_size=1)

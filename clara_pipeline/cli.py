@@ -89,8 +89,14 @@ def cmd_ask(args) -> int:
         try:
             rag = mlflow.pyfunc.load_model(uri).unwrap_python_model().rag
         except Exception as exc:
-            print(f"could not load {uri} from {tracking.tracking_uri(root)}: {exc}\n"
-                  "Run the pipeline first (make run) or pass --model-dir.", file=sys.stderr)
+            if args.alias == registry.CHAMPION and "alias" in str(exc).lower():
+                print(f"no version of {name!r} is champion yet: the gate promotes a model only when it beats the "
+                      f"current champion and the baselines of its own report (see promotion.json of the "
+                      f"benchmark). Ask the newest model with --alias challenger, or a folder with --model-dir.",
+                      file=sys.stderr)
+            else:
+                print(f"could not load {uri} from {tracking.tracking_uri(root)}: {exc}\n"
+                      "Run the pipeline first (make run) or pass --model-dir.", file=sys.stderr)
             return 2
         source = uri
     try:
@@ -132,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dvc_yaml)
     p = sub.add_parser("ask", help="answer a question with the promoted model")
     p.add_argument("question")
-    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--k", type=int, default=5)
     p.add_argument("--alias", default="champion")
     p.add_argument("--model-name", default=None)
     p.add_argument("--model-dir", default=None, help="a local clara_model folder instead of the registry")

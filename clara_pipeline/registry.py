@@ -1,7 +1,9 @@
 """The MLflow model registry: register the joint model, and move aliases only on benchmark evidence.
 
 Aliases, not stages (stages are deprecated): ``champion`` is what `clara ask` and serving use;
-``challenger`` is the newest model that did not beat it. Every decision is written as tags on the version
+``challenger`` is the newest model that did not earn it. A model becomes champion only when it beats the
+configured baselines of its own report (``registry.baselines``, default closed-book and BM25 + text) and
+the current champion, on ``registry.metric``: a model that loses to BM25 + text is never served. Every decision is written as tags on the version
 (``benchmark.<metric>``, ``eval_fingerprint``, ``promotion.decision``, ``promotion.reason``).
 """
 
@@ -43,10 +45,17 @@ def champion(client, model_name: str):
         return None
 
 
-def decide(candidate: dict, current: dict | None, metric: str) -> tuple[str, str]:
-    """Pure decision rule, so it is testable without MLflow. Each dict: {version, score, eval_fingerprint}."""
+def decide(candidate: dict, current: dict | None, metric: str, baselines: dict[str, float] | None = None) -> tuple[str, str]:
+    """Pure decision rule, so it is testable without MLflow. candidate/current: {version, score,
+    eval_fingerprint}; baselines: {system: score} of the candidate's own report, which it must beat."""
+    beaten_by = {name: score for name, score in (baselines or {}).items() if not candidate["score"] > score}
+    if beaten_by:
+        worst = ", ".join(f"{name} {score:.4f}" for name, score in beaten_by.items())
+        return CHALLENGER, (f"{metric} {candidate['score']:.4f} does not beat the baseline(s) of the same report "
+                            f"({worst}); a model that loses to them is never champion")
     if current is None:
-        return CHAMPION, "no champion yet: the first benchmarked model becomes champion"
+        return CHAMPION, (f"no champion yet, and {metric} {candidate['score']:.4f} beats the baselines "
+                          f"({', '.join(sorted(baselines or {})) or 'none configured'})")
     if current["version"] == candidate["version"]:
         return CHAMPION, "this version is already the champion; its benchmark was refreshed"
     if current.get("eval_fingerprint") != candidate["eval_fingerprint"]:
@@ -62,8 +71,11 @@ def decide(candidate: dict, current: dict | None, metric: str) -> tuple[str, str
                         f"({current['score']:.4f}) on the same questions")
 
 
-def promote(root: Path, model_name: str, version: str, headline: dict, metric: str, eval_fp: str) -> dict:
-    """Record the benchmark on the version and set ``champion`` or ``challenger``. Returns the decision."""
+def promote(root: Path, model_name: str, version: str, headline: dict, metric: str, eval_fp: str,
+            baselines: dict[str, float] | None = None) -> dict:
+    """Record the benchmark on the version and set ``champion`` or ``challenger``. Returns the decision.
+
+    baselines: {system: score on `metric`} from the same report, each of which the model must beat."""
     mlflow = tracking.configure(root)
     client = mlflow.MlflowClient()
     for key, value in headline.items():
@@ -77,12 +89,15 @@ def promote(root: Path, model_name: str, version: str, headline: dict, metric: s
         current = {"version": str(current_mv.version), "score": float(score) if score is not None else None,
                    "eval_fingerprint": current_mv.tags.get("eval_fingerprint")}
     candidate = {"version": str(version), "score": float(headline[metric]), "eval_fingerprint": eval_fp}
-    alias, reason = decide(candidate, current, metric)
+    alias, reason = decide(candidate, current, metric, baselines)
     client.set_registered_model_alias(model_name, alias, version)
+    if alias == CHALLENGER and current is not None and current["version"] == str(version):
+        # the champion, benchmarked again, now loses to a baseline: it is served no more
+        client.delete_registered_model_alias(model_name, CHAMPION)
     client.set_model_version_tag(model_name, version, "promotion.decision", alias)
     client.set_model_version_tag(model_name, version, "promotion.reason", reason)
     return {"model_name": model_name, "version": str(version), "alias": alias, "reason": reason,
-            "metric": metric, "score": candidate["score"],
+            "metric": metric, "score": candidate["score"], "baselines": dict(baselines or {}),
             "previous_champion": current["version"] if current else None}
 
 

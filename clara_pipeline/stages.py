@@ -316,12 +316,18 @@ def run_clara_model(ctx: StageContext) -> dict:
 def run_benchmark_report(ctx: StageContext) -> dict:
     from clara_pipeline import registry
     from clara_pipeline.benchmark import headline, run_benchmark, write_report
+    from clara_pipeline.index import CompressedIndex
     from clara_pipeline.inference import ClaraRAG
+    from clara_pipeline.model import ClaraModel
 
     p = ctx.params
     documents = read_jsonl(ctx.paths.raw_corpus / "documents.jsonl")
     questions = read_jsonl(ctx.paths.raw_corpus / "questions_eval.jsonl")
-    rag = ClaraRAG.load(ctx.paths.clara_model, ctx.paths.compressed_index)
+    dtype = p["benchmark"].get("dtype")  # e.g. bfloat16: every system is read in it, the report says which
+    rag = ClaraRAG.load(ctx.paths.clara_model, ctx.paths.compressed_index, dtype=dtype)
+    # the model before stage 3, over the index its own compressor built: what joint training started from
+    stage2 = ClaraRAG(ClaraModel.load(ctx.paths.compressor_checkpoint, dtype=dtype),
+                      CompressedIndex.load(ctx.paths.compressed_index))
     out = ctx.paths.benchmark_report
     out.mkdir(parents=True, exist_ok=True)
     registered = json.loads((ctx.paths.clara_model / "registered.json").read_text())
@@ -329,11 +335,18 @@ def run_benchmark_report(ctx: StageContext) -> dict:
                             tags={"model_version": registered["version"]}) as run:
         results = run_benchmark(rag, documents, questions, p["benchmark"],
                                 dense_model_path=resolve_model_path("embedded-minilm"), seed=p["seed"], log=ctx.log,
-                                num_candidates=p["scp"]["candidates"])
+                                num_candidates=p["scp"]["candidates"], stage2=stage2)
         head = headline(results)
         metric = p["registry"]["metric"]
+        # the systems a champion must beat, on the same questions (default: closed book and BM25 + text)
+        names = p["registry"].get("baselines", ["closed_book", "bm25_text"]) or []
+        unknown = [n for n in names if n not in results["qa"]]
+        if unknown:
+            raise ValueError(f"params.yaml registry.baselines: {unknown} are not QA systems of the report "
+                             f"({', '.join(results['qa'])})")
+        baselines = {n: float(results["qa"][n]["all"][metric]) for n in names}
         promotion = registry.promote(ctx.paths.root, registered["model_name"], registered["version"], head, metric,
-                                     results["eval_fingerprint"])
+                                     results["eval_fingerprint"], baselines)
         metrics = write_report(results, out, promotion)
         (out / "promotion.json").write_text(json.dumps(promotion, indent=2))
         run.log_metrics(metrics["clara"], prefix="clara.")
@@ -357,16 +370,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("scp_data", "SCP data: synthetic QA and paraphrases per document, and BM25 candidate lists for stages 2/3.",
           ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "prompts.py", _LIB + "retrieval.py"), run_scp_data),
     Stage("compressor_checkpoint", "Compressor + generator after SCP (stage 1) and instruction tuning (stage 2).",
-          ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage1", "train.stage2"),
+          ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.autocast", "train.stage1", "train.stage2"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "tokenizer.py", "configs/deepspeed"), run_compressor_checkpoint),
     Stage("compressed_index", "Every document compressed once into memory-token vectors, in a faiss index.",
           ("raw_corpus", "compressor_checkpoint"), ("index",), (_LIB + "index.py", _LIB + "model.py"), run_compressed_index,
           persist=True),
     Stage("clara_model", "Stage 3 joint training (query reasoner + generator, straight-through top-k); registered in MLflow.",
-          ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.stage3", "registry"),
+          ("raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index"), ("seed", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.autocast", "train.stage3", "registry"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "serving.py", _LIB + "serving_model.py", _LIB + "registry.py", "configs/deepspeed"), run_clara_model),
     Stage("benchmark_report", "EM / F1 / Recall@k of CLaRa against closed-book, BM25 and dense baselines; promotion gate.",
-          ("raw_corpus", "compressed_index", "clara_model"), ("seed", "benchmark", "registry", "scp.candidates"),
+          ("raw_corpus", "compressor_checkpoint", "compressed_index", "clara_model"), ("seed", "benchmark", "registry", "scp.candidates"),
           (_LIB + "benchmark.py", _LIB + "metrics.py", _LIB + "inference.py", _LIB + "registry.py"), run_benchmark_report,
           # the files benchmark.write_report writes (tests/test_graph.py checks they agree with benchmark.py)
           outputs=("report.md", "per_question.jsonl", "qa.png", "recall_at_k.png", "quality_vs_compression.png",

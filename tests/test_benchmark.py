@@ -50,8 +50,9 @@ def benchmarked(tiny_bert, tmp_path_factory):
 
     rag = ClaraRAG(model, CompressedIndex.load(out / "index"))
     bench_cfg = {"top_k": 2, "recall_ks": [1, 2, 5], "max_new_tokens": 3, "batch_size": 4, "latency_questions": 3}
+    # the same model as its own "before stage 3": the clara_stage2* rows must then equal the clara rows
     results = run_benchmark(rag, docs, questions, bench_cfg, dense_model_path=tiny_bert, log=lambda m: None,
-                            num_candidates=4)
+                            num_candidates=4, stage2=rag)
     metrics = write_report(results, out / "report", settings={"note": "tiny"})
     return results, metrics, out / "report", model
 
@@ -59,7 +60,10 @@ def benchmarked(tiny_bert, tmp_path_factory):
 def test_every_system_answers_the_same_questions_with_every_metric(benchmarked):
     results, metrics, _, _ = benchmarked
     assert list(results["qa"]) == list(QA_SYSTEMS)
-    assert set(results["retrieval"]) == {"bm25", "dense", "clara", "clara_rerank"}
+    assert set(results["retrieval"]) == {"bm25", "dense", "clara", "clara_rerank", "clara_stage2", "clara_stage2_rerank"}
+    assert results["retrieval"]["clara_stage2"] == results["retrieval"]["clara"]
+    assert results["retrieval"]["clara_stage2_rerank"] == results["retrieval"]["clara_rerank"]
+    assert results["settings"]["inference dtype"] == "float32"
     for system, values in metrics["qa"].items():
         assert set(values) == set(QA_METRICS)
         assert all(math.isfinite(v) and 0 <= v <= 1 for v in values.values()), system

@@ -44,7 +44,7 @@ def test_report_has_every_system_with_finite_figures(materialised):
     from clara_pipeline.benchmark import QA_SYSTEMS
 
     assert set(metrics["qa"]) == set(QA_SYSTEMS) and {"bm25_text", "oracle_text", "oracle_compressed"} <= set(QA_SYSTEMS)
-    assert set(metrics["retrieval"]) == {"bm25", "dense", "clara", "clara_rerank"}
+    assert set(metrics["retrieval"]) == {"bm25", "dense", "clara", "clara_rerank", "clara_stage2", "clara_stage2_rerank"}
     for section in ("qa", "retrieval"):
         for system, values in metrics[section].items():
             assert all(math.isfinite(v) and 0 <= v <= 1 for v in values.values()), (section, system, values)
@@ -102,6 +102,25 @@ def test_registered_model_gets_champion_then_gate_decides(materialised, tmp_path
     assert promotion["version"] == "2" and promotion["previous_champion"] == "1"
 
 
+def test_champion_that_loses_to_a_baseline_is_served_no_more(materialised, tmp_path):
+    """The gate through MLflow: version 1 is champion; benchmarked again against a baseline it does not beat,
+    it becomes challenger and the champion alias is removed, so nothing that loses to BM25 + text is served."""
+    from clara_pipeline import registry
+
+    root = tmp_path / "project"
+    shutil.copytree(materialised[0], root)
+    client = tracking.configure(root).MlflowClient()
+    name = tiny_params()["registry"]["model_name"]
+    v1 = client.get_model_version_by_alias(name, "champion")
+    fp = v1.tags["eval_fingerprint"]
+    decision = registry.promote(root, name, "1", {"f1": 0.2, "em": 0.1}, "f1", fp, {"bm25_text": 0.3})
+    assert decision["alias"] == "challenger" and "bm25_text 0.3000" in decision["reason"]
+    assert registry.champion(client, name) is None
+    assert client.get_model_version(name, "1").tags["promotion.decision"] == "challenger"
+    decision = registry.promote(root, name, "1", {"f1": 0.4, "em": 0.1}, "f1", fp, {"bm25_text": 0.3})
+    assert decision["alias"] == "champion" and str(registry.champion(client, name).version) == "1"
+
+
 def test_champion_serves_questions_through_pyfunc(materialised):
     root, _ = materialised
     import pandas as pd
@@ -112,7 +131,7 @@ def test_champion_serves_questions_through_pyfunc(materialised):
     out = model.predict(pd.DataFrame({"question": ["Who created the first work?", "Where was it founded?"]}))
     assert list(out.columns) == ["question", "answer", "documents"]
     docs = json.loads(out["documents"][0])
-    assert len(docs) == 3 and all("title" in d and "score" in d for d in docs)
+    assert len(docs) == 5 and all("title" in d and "score" in d for d in docs)
     with pytest.raises(ValueError, match="k must be"):
         model.unwrap_python_model().rag.ask(["a question"], k=0)
 

@@ -31,6 +31,20 @@ def test_rebenchmarking_the_champion_keeps_it():
     assert decide(cand(version="1", score=0.1), {"version": "1", "score": 0.5, "eval_fingerprint": "abc"}, "f1")[0] == CHAMPION
 
 
+def test_a_model_that_loses_to_a_baseline_is_never_champion():
+    baselines = {"closed_book": 0.10, "bm25_text": 0.30}
+    # not even as the first model, nor when it beats the current champion
+    for current in (None, {"version": "1", "score": 0.1, "eval_fingerprint": "abc"}):
+        alias, reason = decide(cand(score=0.25), current, "f1", baselines)
+        assert alias == CHALLENGER and "bm25_text 0.3000" in reason and "closed_book" not in reason
+    alias, _ = decide(cand(score=0.30), None, "f1", baselines)  # a tie does not beat it
+    assert alias == CHALLENGER
+    alias, reason = decide(cand(score=0.31), None, "f1", baselines)
+    assert alias == CHAMPION and "bm25_text" in reason
+    alias, reason = decide(cand(score=0.31), {"version": "1", "score": 0.4, "eval_fingerprint": "abc"}, "f1", baselines)
+    assert alias == CHALLENGER and "does not beat champion v1" in reason
+
+
 def test_two_projects_in_one_process_keep_their_own_stores(tmp_path, monkeypatch):
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; the second project must not inherit the first's."""
     from clara_pipeline import tracking

@@ -113,10 +113,10 @@ def test_http_answers_with_documents_and_respects_k(server):
         assert all(isinstance(d["title"], str) and d["title"] and isinstance(d["score"], float) for d in docs)
         assert docs[0]["score"] >= docs[1]["score"]
 
-    # the `inputs` form, and the default k (3)
+    # the `inputs` form, and the default k (5)
     status, body = _post(f"{server}/invocations", {"inputs": {"question": [QUESTION]}})
     assert status == 200, body
-    assert len(json.loads(body["predictions"][0]["documents"])) == 3
+    assert len(json.loads(body["predictions"][0]["documents"])) == 5
 
 
 @pytest.mark.parametrize("payload, limit", [
@@ -142,7 +142,7 @@ def test_champion_is_a_model_from_code_with_a_signature(materialised):
     signature = info.signature
     assert signature.inputs.input_names() == ["question"]
     assert signature.outputs.input_names() == ["question", "answer", "documents"]
-    assert {p.name: p.default for p in signature.params} == {"k": 3, "max_new_tokens": 16}
+    assert {p.name: p.default for p in signature.params} == {"k": 5, "max_new_tokens": 16}
 
 
 def _live_copy(root: Path, dest: Path) -> Path:
