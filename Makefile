@@ -24,10 +24,12 @@ dagster: setup
 mlflow-ui: setup
 	bash mlflow/ui.sh
 
-# Serve the registry's champion over HTTP on http://127.0.0.1:5001 (POST /invocations).
+# Serve the registry's champion over HTTP on http://127.0.0.1:5001 (POST /invocations);
+# ALIAS=challenger serves the newest model the gate did not promote.
+ALIAS ?= champion
 serve: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow/mlflow.db \
-	  mlflow models serve -m models:/clara@champion --env-manager local -h 127.0.0.1 -p 5001
+	  mlflow models serve -m models:/clara@$(ALIAS) --env-manager local -h 127.0.0.1 -p 5001
 
 # Reproduce the lineage with DVC (from its own environment; stage commands run in .venv).
 repro: setup

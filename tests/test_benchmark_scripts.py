@@ -97,3 +97,15 @@ def test_index_search_sweeps_search_settings_on_one_build(tmp_path, capsys):
     assert rows[0]["recall@10"] == 1.0 and all(0.0 <= r["recall@10"] <= 1.0 for r in rows)
     assert "ef_search=128 (same build)" in rows[4]["settings"] and "rerank=16" in rows[9]["settings"]
     assert "| 20,000 | hnsw |" in capsys.readouterr().out
+
+
+def test_checkpoint_probe_reads_a_trained_model(tiny_lineage, capsys, tmp_path):
+    probe = load_script("checkpoint_probe")
+    root, _ = tiny_lineage
+    assert probe.main(["--root", str(root), "--model", str(root / "artifacts" / "clara_model"),
+                       "--questions", "4", "--max-new-tokens", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["R@5"] <= 1 and set(out["oracle_compressed"]) == {"em", "f1", "sub_em"}
+    assert len(out["examples"]) == 3 and out["model"].endswith("clara_model")
+    assert probe.main(["--root", str(tmp_path)]) == 2
+    assert "run the lineage first" in capsys.readouterr().err
