@@ -32,7 +32,7 @@ def benchmark_is_complete(clara: ClaraProject) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset="benchmark_report",
-                description="The joint model became champion only if its benchmark beat the champion's.")
+                description="The joint model became champion only if it beat the champion and the baselines of its report.")
 def promotion_gate(clara: ClaraProject) -> dg.AssetCheckResult:
     path = clara.paths().benchmark_report / "promotion.json"
     if not path.is_file():

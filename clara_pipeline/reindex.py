@@ -97,8 +97,9 @@ def champion_compressor(root, model_name: str) -> tuple[Path, str, str]:
     mv = registry.champion(client, model_name)
     if mv is None:
         raise LookupError(f"registered model {model_name!r} has no {registry.CHAMPION!r} alias in "
-                          f"{tracking.tracking_uri(root)}; run the lineage (benchmark_report promotes the first "
-                          "model) or `clara promote` first")
+                          f"{tracking.tracking_uri(root)}: benchmark_report promotes a model only when it beats the "
+                          "baselines of its report and the current champion; run the lineage, or promote a "
+                          "version by hand with `clara promote VERSION`")
     version = str(mv.version)
     identity = {"model_name": model_name, "version": version, "source": mv.source, "run_id": mv.run_id}
     cache = champion_cache_dir(root) / version
