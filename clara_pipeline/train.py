@@ -1,6 +1,7 @@
 """Training loops for CLaRa's three stages, through DeepSpeed (or plain PyTorch for debugging).
 
-stage1 (SCP): compressor pretraining, answer/paraphrase from ONE compressed doc + MSE alignment.
+stage1 (SCP): compressor pretraining: from ONE compressed doc, write all its QA pairs or a paraphrase
+        (stage1_examples) + MSE alignment.
 stage2: instruction tuning, answer from the question + top_k compressed docs (gold first, then negatives).
 stage3: joint training, the query reasoner picks top_k of N candidates with straight-through top-k and
         only the answer loss trains it.
