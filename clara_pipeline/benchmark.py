@@ -89,6 +89,21 @@ def _timed(fn) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def _clara_rankings(rag: ClaraRAG, texts: list[str], depth: int, bm25_lists: list[list[str]], num_candidates: int,
+                    timings: dict | None = None) -> tuple[list[list[str]], list[list[str]]]:
+    """Document ids ranked by the query reasoner over the whole index, and over BM25's top-N (rerank)."""
+    ids = [d["id"] for d in rag.index.documents]
+    t0 = time.perf_counter()
+    _, rows = rag.retrieve(texts, depth)
+    t_retrieve = time.perf_counter() - t0
+    bm25_rows = np.array([[rag.index.row_of[d] for d in lst[:num_candidates]] for lst in bm25_lists], dtype=np.int64)
+    t1 = time.perf_counter()
+    _, rerank_rows = rag.rerank(texts, bm25_rows, num_candidates)
+    if timings is not None:
+        timings["clara_retrieval_s"], timings["clara_rerank_s"] = t_retrieve, time.perf_counter() - t1
+    return [[ids[r] for r in row] for row in rows], [[ids[r] for r in row] for row in rerank_rows]
+
+
 def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], cfg: dict,
                   dense_model_path: str | None = None, seed: int = 0, log=print, num_candidates: int = 10,
                   stage2: ClaraRAG | None = None) -> dict:
@@ -121,23 +136,12 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
         dense = DenseRetriever(documents, dense_model_path)
         ranked["dense"] = [[d for d, _ in hits] for hits in dense.search(texts, depth)]
         timings["dense_retrieval_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _, clara_rows = rag.retrieve(texts, depth)
-    timings["clara_retrieval_s"] = time.perf_counter() - t0
-    ranked["clara"] = [[rag.index.documents[r]["id"] for r in row] for row in clara_rows]
     row_of = rag.index.row_of
-    bm25_rows = np.array([[row_of[d] for d in lst[:num_candidates]] for lst in ranked["bm25"]], dtype=np.int64)
-    t0 = time.perf_counter()
-    _, rerank_rows = rag.rerank(texts, bm25_rows, num_candidates)
-    timings["clara_rerank_s"] = time.perf_counter() - t0
-    ranked["clara_rerank"] = [[rag.index.documents[r]["id"] for r in row] for row in rerank_rows]
+    ranked["clara"], ranked["clara_rerank"] = _clara_rankings(rag, texts, depth, ranked["bm25"], num_candidates,
+                                                              timings)
     if stage2 is not None:
-        _, rows2 = stage2.retrieve(texts, depth)
-        ranked["clara_stage2"] = [[stage2.index.documents[r]["id"] for r in row] for row in rows2]
-        bm25_rows2 = np.array([[stage2.index.row_of[d] for d in lst[:num_candidates]] for lst in ranked["bm25"]],
-                              dtype=np.int64)
-        _, rerank2 = stage2.rerank(texts, bm25_rows2, num_candidates)
-        ranked["clara_stage2_rerank"] = [[stage2.index.documents[r]["id"] for r in row] for row in rerank2]
+        ranked["clara_stage2"], ranked["clara_stage2_rerank"] = _clara_rankings(stage2, texts, depth, ranked["bm25"],
+                                                                                num_candidates)
     log(f"benchmark: retrieval done for {len(questions)} questions")
 
     retrieval = {}

@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import project_root
-from .model import ClaraModel
+from .model import ClaraModel, inference_dtype
 
 PARAPHRASE_INSTRUCTION = "Paraphrase:"  # target_form "question": the instruction of a paraphrase row
 # target_form "official" (the official CLaRa stage 1): from the memory tokens alone, with no question in the
@@ -353,11 +353,7 @@ class Stepper:
 
 def autocast_dtype(name) -> torch.dtype | None:
     """params.yaml's train.autocast -> a torch dtype (None, "none" or "float32": no autocast)."""
-    if name in (None, "", "none", "float32"):
-        return None
-    if name not in ("bfloat16", "float16"):
-        raise ValueError(f"train.autocast={name!r}: use bfloat16, float16 or none")
-    return getattr(torch, name)
+    return None if name in (None, "", "none", "float32") else inference_dtype(name)
 
 
 def _write_atomic(path: Path, text: str) -> None:
