@@ -5,12 +5,16 @@
     clara dvc-yaml [--check]    write dvc.yaml from the stage registry (or check it is current)
     clara ask "question"        answer with the registry's champion (or --model-dir for a local model)
     clara promote VERSION       set an alias by hand (default champion)
+
+A mistake in what you give (a stage name, a file, a value) is one line on stderr and exit status 2;
+`--debug` (or CLARA_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -68,8 +72,9 @@ def cmd_dvc_yaml(args) -> int:
 
 def cmd_ask(args) -> int:
     from clara_pipeline.config import Paths, load_params, project_root
-    from clara_pipeline.inference import ClaraRAG
+    from clara_pipeline.inference import ClaraRAG, check_request
 
+    check_request([args.question], args.k, args.max_new_tokens)  # the server's bounds, before ~10 s of loading
     root = project_root()
     if args.dtype:
         from clara_pipeline.serving import DTYPE_ENV
@@ -99,12 +104,7 @@ def cmd_ask(args) -> int:
                       "Run the pipeline first (make run) or pass --model-dir.", file=sys.stderr)
             return 2
         source = uri
-    try:
-        results = rag.ask([args.question], k=args.k, max_new_tokens=args.max_new_tokens)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    result = results[0]
+    result = rag.ask([args.question], k=args.k, max_new_tokens=args.max_new_tokens)[0]
     if args.json:
         print(json.dumps({**result, "model": source}, indent=2))
         return 0
@@ -127,6 +127,7 @@ def cmd_promote(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clara", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also: CLARA_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stage", help="run one stage of the lineage")
     p.add_argument("name")
@@ -156,9 +157,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's mistake raises (a bad value, a missing or unreadable file, text that is not UTF-8); anything
+# else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, UnicodeError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the message, with the file an OSError names."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.filename not in str(exc.args[-1]):
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    # the library's own INFO lines (a resumed index build, runs of killed stages ended) reach the terminal
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("clara_pipeline").setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load is noise on a terminal
+    if args.debug or os.environ.get("CLARA_DEBUG", "") not in ("", "0"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"clara {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -470,6 +470,9 @@ class _Importer:
     # ---- files
 
     def _register(self, path: Path) -> None:
+        if path.is_dir():
+            raise IsADirectoryError(f"corpus import: {path} is a folder; give the corpus file(s) in it as "
+                                    f"corpus.path (a list for several)")
         if not path.is_file():
             raise FileNotFoundError(f"corpus import: no such file {path}")
         self.report.files.append(str(path))
@@ -1150,6 +1153,12 @@ def import_corpus(spec: dict, *, root: str | os.PathLike | None = None, seed: in
         imp.load_beir(folder, str(spec.get("split", "test")))
 
     documents = list(imp.docs.values())
+    if not documents:  # an empty or wholly rejected file would otherwise fail a stage later, far from its cause
+        why = ", ".join(f"{n} rejected as {r}" for r, n in sorted(report.rejected_by_reason.items()))
+        first = f"; first: {report.errors[0].where}: {report.errors[0].message}" if report.errors else ""
+        raise ValueError(f"corpus import: {', '.join(report.files) or 'the corpus'} gave no documents"
+                         f"{' (' + why + ')' if why else ' (the file is empty)'}{first}; "
+                         f"check corpus.path and the format in docs/data.md")
     questions = imp.questions
     chunks: dict[str, list[str]] = {d["id"]: [d["id"]] for d in documents}
     report.extra["chunking"] = None

@@ -16,19 +16,32 @@ import torch
 from clara_pipeline.index import CompressedIndex
 from clara_pipeline.model import ClaraModel
 
+# The bounds of one request, the same for `clara ask` and the HTTP server (serving.py): each checked before
+# any model loads, with an error a caller can act on.
 MAX_QUESTION_CHARS = 1000
 MAX_K = 50
+MAX_NEW_TOKENS = 64
 
 
-def check_request(questions: list[str], k: int) -> None:
+def _check_int(name: str, value, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ValueError(f"{name} must be an integer between 1 and {high}, got {value!r}")
+
+
+def check_request(questions: list[str], k: int, max_new_tokens: int | None = None) -> None:
     """Bounded inputs with errors a caller can act on."""
-    if not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+    _check_int("k", k, MAX_K)
+    if max_new_tokens is not None:
+        _check_int("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f"question {i} is empty or not a string")
         if len(q) > MAX_QUESTION_CHARS:
             raise ValueError(f"question {i} has {len(q)} characters; the limit is {MAX_QUESTION_CHARS}")
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. undecodable bytes on the command line (surrogate escapes)
+            raise ValueError(f"question {i} is not valid UTF-8 (character {exc.start}); pass UTF-8 text") from None
 
 
 def index_dir_for(model_dir: Path, default_index: Path) -> Path:
@@ -76,7 +89,7 @@ class ClaraRAG:
         return self.model.generate(questions, embeddings, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     def ask(self, questions: list[str], k: int = 5, max_new_tokens: int = 16) -> list[dict]:
-        check_request(questions, k)
+        check_request(questions, k, max_new_tokens)
         scores, rows = self.retrieve(questions, k)
         answers = self.answer_from_rows(questions, rows, max_new_tokens=max_new_tokens)
         out = []

@@ -819,6 +819,9 @@ class ClaraModel(nn.Module):
         AMX (benchmarks/latency.py) at the cost of a few changed answers; training stays float32."""
         torch_dtype = inference_dtype(dtype)
         path = Path(path)
+        if not (path / "clara_config.json").is_file():
+            raise FileNotFoundError(f"{path}: not a saved CLaRa model (no clara_config.json); give a folder the "
+                                    f"lineage wrote, e.g. artifacts/clara_model")
         meta = json.loads((path / "clara_config.json").read_text())
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")

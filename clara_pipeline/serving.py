@@ -8,7 +8,7 @@ artifacts (``model``, ``index``) and the behaviour is this module's code.
 Request: a DataFrame (``dataframe_split`` / ``dataframe_records`` / ``inputs`` over HTTP) with a ``question``
 column, at most :data:`MAX_QUESTIONS` rows, each question at most ``inference.MAX_QUESTION_CHARS`` characters.
 Params (optional): ``k`` documents to retrieve (1..``inference.MAX_K``, default 3) and ``max_new_tokens``
-(1..:data:`MAX_NEW_TOKENS`, default 16). A request outside these bounds is refused with an error naming the
+(1..``inference.MAX_NEW_TOKENS``, default 16). A request outside these bounds is refused with an error naming the
 limit (HTTP 400 from ``mlflow models serve``).
 
 Response: one row per question: ``question``, ``answer`` and ``documents``, a JSON list of the retrieved
@@ -45,7 +45,6 @@ MODEL_CODE = Path(__file__).resolve().parent / "serving_model.py"
 INDEX_ENV = "CLARA_INDEX_DIR"
 DTYPE_ENV = "CLARA_DTYPE"
 MAX_QUESTIONS = 32      # rows per request: bounds one request's memory and latency
-MAX_NEW_TOKENS = 64
 DEFAULT_K = 5  # the top-k the embedded default trains and benchmarks with (train.stage3.top_k)
 DEFAULT_MAX_NEW_TOKENS = 16
 COLUMNS = ("question", "answer", "documents")
@@ -84,7 +83,7 @@ def parse_request(model_input, params: dict | None) -> tuple[list[str], int, int
     """(questions, k, max_new_tokens) from a pyfunc request, or RequestError naming the bound it breaks."""
     import pandas as pd
 
-    from clara_pipeline.inference import MAX_K, check_request
+    from clara_pipeline.inference import MAX_K, MAX_NEW_TOKENS, check_request
 
     if isinstance(model_input, dict):
         model_input = pd.DataFrame(model_input)

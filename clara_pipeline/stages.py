@@ -243,7 +243,11 @@ def run_compressed_index(ctx: StageContext) -> dict:
         meta = dict(result["meta"])
         counts = {k: result[k] for k in ("added", "updated", "removed", "unchanged", "compressed")}
         counts["full_rebuild"] = int(bool(result["full_rebuild"]))
+        if result["resumed_from"]:
+            ctx.log(f"compressed_index: resumed a killed build with {result['resumed_from']} documents already "
+                    f"compressed")
         meta.update(update=counts, reason=result["reason"], build_seconds=round(seconds, 3),
+                    resumed_from=result["resumed_from"] or None,
                     docs_per_second=round(result["compressed"] / seconds, 2) if seconds and result["compressed"] else None)
         ctx.log(f"compressed_index: {result['reason']}; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         run.log_metrics({k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -394,7 +398,7 @@ TRAINING_STAGES = ("compressor_checkpoint", "clara_model")  # the stages `deepsp
 
 def run_stage(name: str, params: dict, paths: Paths, log: Callable[[str], None] = print) -> dict:
     if name not in BY_NAME:
-        raise KeyError(f"unknown stage {name!r}; stages are {', '.join(BY_NAME)}")
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(BY_NAME)}")
     stage = BY_NAME[name]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and name not in TRAINING_STAGES:

@@ -414,11 +414,16 @@ def test_oversized_record(tmp_path):
 
 
 def test_oversized_question(tmp_path):
-    items = [hotpot_item("q", "Why " * 30 + "?", "A", [["T", ["Text."]]], [["T", 0]])]
+    items = [hotpot_item("q", "Why " * 30 + "?", "A", [["T", ["Text."]]], [["T", 0]]),
+             hotpot_item("ok", "Why?", "A", [["U", ["Other text."]]], [["U", 0]])]
     result = import_corpus({"source": "hotpotqa", "path": str(write_lines(tmp_path / "h.jsonl", items)),
                             "max_question_chars": 50})
     assert only_error(result, "oversized")["kind"] == "questions"
-    assert result.questions_train == result.questions_eval == []
+    assert [q["id"] for q in result.questions_train + result.questions_eval] == ["ok"]
+    # with nothing left, the import is refused, naming why (it used to pass with 0 documents, issue 13)
+    with pytest.raises(ValueError, match=r"gave no documents \(1 rejected as oversized\); first: .*h\.jsonl:1"):
+        import_corpus({"source": "hotpotqa", "path": str(write_lines(tmp_path / "h.jsonl", items[:1])),
+                       "max_question_chars": 50})
 
 
 def test_strict_raises_on_first_bad_record(tmp_path):
