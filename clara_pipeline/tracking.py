@@ -7,11 +7,14 @@ here, before any MLflow call. Set ``MLFLOW_TRACKING_URI`` yourself to log to a s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 EXPERIMENT = "clara-pipeline"
+log = logging.getLogger(__name__)
 
 for _var, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
     os.environ.setdefault(_var, _value)
@@ -35,6 +38,9 @@ def configure(root: Path):
     """Point MLflow at the project's store and make sure the experiment exists; returns the mlflow module."""
     import mlflow
 
+    # "Creating initial MLflow database tables..." and its alembic lines on every fresh store: noise here
+    for noisy in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = tracking_uri(root)
     if uri == f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}":
         _PROJECT_URIS.add(uri)
@@ -114,6 +120,38 @@ class NoRun:
     def set_tags(self, *args, **kwargs) -> None: ...
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def end_runs_of_dead_processes(mlflow, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `stage` whose process on this host no longer exists (a stage killed by
+    SIGKILL, OOM or a reboot cannot end its own run, which would otherwise show RUNNING forever). Runs of
+    other hosts and of live processes (a concurrent partition) are left alone. Returns the ended run ids."""
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("host") == host and tags.get("pid", "").isdigit() and not _process_alive(int(tags["pid"])):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.info("MLflow: ended %d run(s) of %s left RUNNING by a killed process: %s", len(ended), stage,
+                 ", ".join(ended))
+    return ended
+
+
 @contextlib.contextmanager
 def stage_run(root: Path, stage: str, params: dict, tags: dict | None = None):
     """One MLflow run for one stage; params.yaml is logged flattened (values truncated to MLflow's limit).
@@ -123,8 +161,11 @@ def stage_run(root: Path, stage: str, params: dict, tags: dict | None = None):
         yield NoRun()
         return
     mlflow = configure(root)
+    end_runs_of_dead_processes(mlflow, stage)
     with mlflow.start_run(run_name=stage) as run:
-        mlflow.set_tags({"stage": stage, "git_commit": _git_commit(root),
+        # pid and host let the next start of this stage tell a run whose process was killed from a live one
+        mlflow.set_tags({"stage": stage, "git_commit": _git_commit(root), "pid": str(os.getpid()),
+                         "host": socket.gethostname(),
                          "orchestrator": os.environ.get("CLARA_ORCHESTRATOR", "cli"), **(tags or {})})
         flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
         items = list(flat.items())
