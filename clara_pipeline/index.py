@@ -45,7 +45,7 @@ from typing import Callable, Iterator
 import faiss
 import numpy as np
 
-from clara_pipeline.jsonl import read_jsonl, write_jsonl
+from clara_pipeline.jsonl import chmod_as_created, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    chmod_as_created(fd)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

@@ -31,12 +31,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def chmod_as_created(fd: int) -> None:
+    """Give a mkstemp file (always 0600) the mode open() would have: 0666 less the umask, like every other
+    file the project writes, so an index or a table published by rename is readable by whoever reads the rest."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write records one per line, atomically. Creates parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp file must live in the same folder so os.replace is a same-filesystem rename.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    chmod_as_created(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             for record in records:

@@ -101,6 +101,8 @@ def _ensure_distributed() -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.cuda.is_available():  # say it, or DeepSpeed warns "Setting accelerator to CPU" on every stage
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     if not torch.cuda.is_available() and os.environ.get("CLARA_DS_SHM_COMM") != "1":
@@ -345,7 +347,8 @@ class Stepper:
         with torch.no_grad():
             for name, tensor in state.items():
                 named[name].copy_(tensor)
-        saved = torch.load(directory / tag / "state.pt", weights_only=False)
+        # tensors, numbers and containers only: unpickling arbitrary objects from a checkpoint folder runs code
+        saved = torch.load(directory / tag / "state.pt", weights_only=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         return saved["client_state"]

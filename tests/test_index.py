@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -139,6 +140,18 @@ def test_layout_is_versioned_with_a_current_pointer(tmp_path):
     assert isinstance(index.vectors, np.memmap)
     # a version folder copied elsewhere (e.g. as a registry artifact) loads on its own
     assert CompressedIndex.load(folder).index.ntotal == 40
+
+
+def test_published_files_are_readable_like_any_other_file(tmp_path):
+    """Files published by rename from mkstemp used to stay 0600 while the rest were 0644 (issue 13)."""
+    old = os.umask(0o022)
+    try:
+        build_index(HashCompressor(), DOCS, tmp_path / "index", batch_size=16)
+    finally:
+        os.umask(old)
+    folder = current_version_dir(tmp_path / "index")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [*folder.iterdir(), tmp_path / "index" / "CURRENT"]}
+    assert modes == dict.fromkeys(modes, 0o644), modes
 
 
 def test_rebuild_replaces_whole_index_and_failed_build_keeps_old(tmp_path):
