@@ -16,13 +16,14 @@ run: setup
 test: setup
 	.venv/bin/python -m pytest -q
 
-# The Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops it).
+# The Dagster UI on http://127.0.0.1:3000 (Ctrl-C or SIGTERM stops it and every process it started).
 dagster: setup
-	DAGSTER_HOME=$(CURDIR)/dagster_home CLARA_ROOT=$(CURDIR) .venv/bin/dagster dev -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR)/dagster_home CLARA_ROOT=$(CURDIR) \
+	  exec bash scripts/run_group.sh .venv/bin/dagster dev -h 127.0.0.1 -p 3000
 
 # The MLflow UI on http://127.0.0.1:5000.
 mlflow-ui: setup
-	bash mlflow/ui.sh
+	exec bash scripts/run_group.sh bash mlflow/ui.sh
 
 # Serve the registry's champion over HTTP on http://127.0.0.1:5001 (POST /invocations);
 # ALIAS=challenger serves the newest model the gate did not promote.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -115,3 +119,46 @@ def test_benchmark_stage_declares_every_file_the_report_writes():
     stage = BY_NAME["benchmark_report"]
     assert set(benchmark.REPORT_FILES) <= set(stage.outputs)
     assert stage.metrics == (benchmark.METRICS_FILE,) and stage.plots == benchmark.PLOT_FILES
+
+
+def test_the_venvs_pytest_collects_the_suite():
+    """`.venv/bin/pytest` (not only `python -m pytest`) must import `tests.conftest` (issue 13)."""
+    pytest_bin = Path(sys.executable).parent / "pytest"
+    if not pytest_bin.exists():
+        pytest.skip(f"no pytest entry point beside {sys.executable}")
+    out = subprocess.run([str(pytest_bin), "--collect-only", "-q", "tests/test_benchmark.py"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "No module named 'tests'" not in out.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_servers_stop_with_every_process_they_started(tmp_path, sig):
+    """scripts/run_group.sh (make dagster, make mlflow-ui): one signal ends the whole tree, including a
+    process that ignores it (SIGKILL after the grace period)."""
+    pids = tmp_path / "pids"
+    code = ("import os, signal, subprocess, sys, time\n"
+            "stubborn = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+            "[signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]; time.sleep(300)'])\n"
+            "plain = subprocess.Popen(['sleep', '300'])\n"
+            f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{stubborn.pid}} {{plain.pid}}')\n"
+            "time.sleep(300)\n")
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run_group.sh"), sys.executable, "-c", code],
+                            env={**os.environ, "GRACE_S": "2"})
+    deadline = time.time() + 30
+    while not (pids.exists() and len(pids.read_text().split()) == 3) and time.time() < deadline:
+        time.sleep(0.1)
+    started = [int(p) for p in pids.read_text().split()]
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie not yet reaped by init still answers kill(0)
+        return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+    time.sleep(0.5)
+    assert not [p for p in started if alive(p)]
