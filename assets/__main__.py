@@ -3,6 +3,7 @@ so the run and its materialisations show up afterwards in the Dagster UI."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ def main() -> int:
     os.environ.setdefault("DAGSTER_HOME", str(root / "dagster_home"))
     os.environ.setdefault("CLARA_ROOT", str(root))
     import dagster as dg
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load is noise in the run's log
 
     from assets.definitions import defs
 
@@ -26,10 +30,14 @@ def main() -> int:
     if not result.success:
         print("clara_lineage failed; see the error above or the run in the Dagster UI", file=sys.stderr)
         return 1
-    report = root / "artifacts" / "benchmark_report" / "report.md"
-    print(f"\nclara_lineage finished (run {result.run_id}). Report: {report}")
-    if report.exists():
-        print(report.read_text())
+    out = root / "artifacts" / "benchmark_report"
+    print(f"\nclara_lineage finished (run {result.run_id}). Full report: {out / 'report.md'}")
+    if (out / "metrics.json").exists():
+        from clara_pipeline.benchmark import terminal_summary
+
+        promotion = out / "promotion.json"
+        print(terminal_summary(json.loads((out / "metrics.json").read_text()),
+                       json.loads(promotion.read_text()) if promotion.exists() else None))
     return 0
 
 

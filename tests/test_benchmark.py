@@ -125,6 +125,20 @@ def test_report_files(benchmarked):
     assert "cover-EM" in report and "sub-EM" in report and "### Per question type" in report
 
 
+def test_terminal_summary_is_a_few_lines_with_every_system(benchmarked):
+    """What `make run` prints at the end instead of the whole report (issue 13)."""
+    from clara_pipeline.benchmark import terminal_summary
+
+    _, metrics, _, _ = benchmarked
+    text = terminal_summary(metrics, {"model_name": "clara", "version": "3", "alias": "challenger", "reason": "why"})
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[2] == "registry: clara version 3 -> @challenger (why)"
+    for system, row in metrics["qa"].items():
+        assert f"{system} {row['f1']:.3f}" in lines[0]
+    for system, row in metrics["retrieval"].items():
+        assert f"{system} {row['recall@5']:.3f}" in lines[1]
+
+
 def _real_data_module():
     import importlib.util
     from pathlib import Path
