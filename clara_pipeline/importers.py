@@ -60,7 +60,10 @@ REASONS = {
     "unresolved_gold": "a gold reference (supporting title, paragraph or corpus id) that names no document",
 }
 
-DEFAULT_MAX_DOC_CHARS = 200_000      # catches junk such as a whole book on one line; chunking handles long docs
+DEFAULT_MAX_DOC_CHARS = 200_000      # catches junk such as a whole book on one line when documents are kept whole
+# with chunking on (doc_max_tokens) a long document becomes passages, so the default guard only refuses the
+# absurd (a 50 MB line); an explicit max_doc_chars still applies
+DEFAULT_MAX_DOC_CHARS_CHUNKED = 50_000_000
 DEFAULT_MAX_QUESTION_CHARS = 4_000
 DEFAULT_EVAL_FRACTION = 0.1
 MAX_ERRORS_IN_REPORT_FILE = 200      # import_report.json shows the first ones; rejected.jsonl has all of them
@@ -1128,7 +1131,8 @@ def import_corpus(spec: dict, *, root: str | os.PathLike | None = None, seed: in
     ignored = sorted(k for k in spec if k not in _SPEC_KEYS and k not in _EMBEDDED_KEYS)
     if ignored:
         report.extra["ignored_spec_keys"] = ignored  # likely typos: shown, not fatal
-    max_doc_chars = spec.get("max_doc_chars", DEFAULT_MAX_DOC_CHARS)
+    max_doc_chars = spec.get("max_doc_chars",
+                             DEFAULT_MAX_DOC_CHARS_CHUNKED if spec.get("doc_max_tokens") else DEFAULT_MAX_DOC_CHARS)
     max_question_chars = spec.get("max_question_chars", DEFAULT_MAX_QUESTION_CHARS)
     imp = _Importer(report, int(max_doc_chars) if max_doc_chars else None,
                     int(max_question_chars) if max_question_chars else None)

@@ -413,6 +413,22 @@ def test_oversized_record(tmp_path):
     assert len(relaxed.documents) == 1 and relaxed.errors == []
 
 
+def test_a_long_document_is_chunked_not_rejected_when_chunking_is_on(tmp_path):
+    """max_doc_chars's default (200,000) used to reject a long document even with doc_max_tokens set, and its
+    text was lost (issue 13); with chunking on, only an explicit max_doc_chars refuses it."""
+    long_text = " ".join(f"w{i}" for i in range(40_000))  # ~230,000 characters
+    assert len(long_text) > 200_000
+    _, whole = import_plain(tmp_path, [{"id": "long", "text": long_text}, PLAIN[1]])
+    assert only_error(whole, "oversized")["line"] == 1
+    _, chunked = import_plain(tmp_path, [{"id": "long", "text": long_text}, PLAIN[1]], doc_max_tokens=64)
+    passages = [d for d in chunked.documents if d["source_id"] == "long"]
+    assert chunked.errors == [] and len(passages) > 100
+    assert passages[0]["text"].startswith("w0 ") and passages[-1]["text"].endswith(" w39999")
+    _, capped = import_plain(tmp_path, [{"id": "long", "text": long_text}, PLAIN[1]], doc_max_tokens=64,
+                             max_doc_chars=1000)
+    assert only_error(capped, "oversized")["line"] == 1
+
+
 def test_oversized_question(tmp_path):
     items = [hotpot_item("q", "Why " * 30 + "?", "A", [["T", ["Text."]]], [["T", 0]]),
              hotpot_item("ok", "Why?", "A", [["U", ["Other text."]]], [["U", 0]])]
