@@ -9,6 +9,7 @@ the current champion, on ``registry.metric``: a model that loses to BM25 + text 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from clara_pipeline import tracking
@@ -25,14 +26,18 @@ def register(stage_run, model_name: str, model_dir: Path, index_dir: Path) -> st
 
     from clara_pipeline import serving
 
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(serving.MODEL_CODE),
-        artifacts={"model": str(model_dir), "index": str(index_dir)},
-        signature=serving.SIGNATURE,
-        pip_requirements=["clara-pipeline", "torch", "transformers", "peft", "faiss-cpu", "mlflow"],
-        registered_model_name=model_name,
-    )
+    with warnings.catch_warnings():
+        # the signature above is explicit, so MLflow's advice to add an input example (which it would run
+        # through the model at logging time, a second model load) is noise on every run
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*", category=UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(serving.MODEL_CODE),
+            artifacts={"model": str(model_dir), "index": str(index_dir)},
+            signature=serving.SIGNATURE,
+            pip_requirements=["clara-pipeline", "torch", "transformers", "peft", "faiss-cpu", "mlflow"],
+            registered_model_name=model_name,
+        )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_model_version_tag(model_name, version, "run_id", stage_run.run_id)
     return version
