@@ -8,7 +8,11 @@ On the project's held-out questions (artifacts/raw_corpus) it prints, as one JSO
 - ``oracle_compressed``: EM / F1 / sub-EM answering from the gold documents' memory tokens only;
 - ``closed_book``: the same model with no documents. A model that reads its memory tokens scores well above
   closed book; one that does not scores the same;
-- F1 of ``oracle_compressed`` per question type.
+- F1 of ``oracle_compressed`` per question type;
+- ``memory_gain``: how much a document's own memory tokens tell the generator about its text: the mean
+  per-token loss of writing the document back from another document's memory tokens minus that from its
+  own (nats per token). Near 0: the generator does not read its memory tokens, whatever its training loss
+  says (a generator can lower that loss by learning the corpus by heart, docs/embedded-default.md).
 It takes about a minute for 150 questions on the embedded default (2 CPU cores), against ~10 minutes for
 the benchmark_report stage, which covers every system.
 """
@@ -29,11 +33,33 @@ import torch  # noqa: E402
 from clara_pipeline.jsonl import read_jsonl  # noqa: E402
 from clara_pipeline.metrics import qa_scores, recall_at_k  # noqa: E402
 from clara_pipeline.model import ClaraModel  # noqa: E402
+from clara_pipeline.train import RECONSTRUCT_INSTRUCTION  # noqa: E402
 
 
 def _mean_scores(preds: list[str], questions: list[dict]) -> dict:
     rows = [qa_scores(p, q["answers"]) for p, q in zip(preds, questions)]
     return {k: round(sum(r[k] for r in rows) / len(rows), 3) for k in ("em", "f1", "sub_em")}
+
+
+@torch.no_grad()
+def memory_gain(model: ClaraModel, texts: list[str], batch_size: int = 16) -> dict:
+    """Loss of reconstructing each text from its own memory tokens vs from the next text's (a cyclic shift)."""
+    if len(texts) < 2:
+        raise ValueError("memory_gain needs at least two documents")
+    vectors = model.compress(texts)
+
+    def loss(memory: torch.Tensor) -> float:
+        total, count = 0.0, 0
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            value, n = model.answer_loss([RECONSTRUCT_INSTRUCTION] * len(chunk), memory[i:i + batch_size, None],
+                                         chunk, model.doc_max_length, ["instruction"] * len(chunk))
+            total, count = total + float(value) * n, count + n
+        return total / count
+
+    with model._eval_mode():
+        own, other = loss(vectors), loss(vectors.roll(1, 0))
+    return {"own": round(own, 3), "other": round(other, 3), "gain": round(other - own, 3), "documents": len(texts)}
 
 
 def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_new_tokens: int = 12) -> dict:
@@ -54,7 +80,9 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
     by_type: dict[str, list[float]] = {}
     for p, q in zip(oracle, questions):
         by_type.setdefault(q.get("type", "all"), []).append(qa_scores(p, q["answers"])["f1"])
+    gold_texts = [documents[row[d]]["text"] for d in dict.fromkeys(g for q in questions for g in q["gold_doc_ids"])]
     return {"R@5": round(recall / len(questions), 3), "oracle_compressed": _mean_scores(oracle, questions),
+            "memory_gain": memory_gain(model, gold_texts[:64]),
             "closed_book": _mean_scores(closed, questions),
             "oracle_compressed_f1_by_type": {t: round(sum(v) / len(v), 3) for t, v in sorted(by_type.items())},
             "examples": [[q["question"], q["answers"][0], p] for q, p in list(zip(questions, oracle))[:3]]}

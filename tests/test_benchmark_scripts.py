@@ -107,5 +107,18 @@ def test_checkpoint_probe_reads_a_trained_model(tiny_lineage, capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     assert 0 <= out["R@5"] <= 1 and set(out["oracle_compressed"]) == {"em", "f1", "sub_em"}
     assert len(out["examples"]) == 3 and out["model"].endswith("clara_model")
+    gain = out["memory_gain"]
+    assert gain["documents"] >= 2 and gain["own"] > 0 and abs(gain["gain"] - (gain["other"] - gain["own"])) <= 0.0015
     assert probe.main(["--root", str(tmp_path)]) == 2
     assert "run the lineage first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [[], ["--fresh", "40"]])
+def test_stage1_reading_probes_memory_gain_while_training(tiny_lineage, capsys, extra, tmp_path):
+    reading = load_script("stage1_reading")
+    root, _ = tiny_lineage
+    assert reading.main(["--root", str(root), "--steps", "2", "--every", "1", "--probe-docs", "4", *extra]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["step"] for r in rows[:2]] == [1, 2] and all(r["documents"] == 4 and r["own"] > 0 for r in rows[:2])
+    assert rows[2]["steps"] == 2 and (rows[2]["training_documents"] >= 40 if extra else True)
+    assert reading.main(["--root", str(tmp_path)]) == 2
