@@ -41,6 +41,11 @@ from safetensors.torch import load_file, save_file
 from .config import project_root
 from .model import ClaraModel, inference_dtype
 
+# Say which accelerator DeepSpeed is on, or it warns "Setting accelerator to CPU" at its first use (which
+# transformers/peft may trigger while building the model, before a training stage starts).
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 PARAPHRASE_INSTRUCTION = "Paraphrase:"  # target_form "question": the instruction of a paraphrase row
 # target_form "official" (the official CLaRa stage 1): from the memory tokens alone, with no question in the
 # prompt, the generator writes ALL of a document's QA pairs, or a paraphrase under one of several wordings
@@ -101,8 +106,6 @@ def _ensure_distributed() -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if not torch.cuda.is_available():  # say it, or DeepSpeed warns "Setting accelerator to CPU" on every stage
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     if not torch.cuda.is_available() and os.environ.get("CLARA_DS_SHM_COMM") != "1":
