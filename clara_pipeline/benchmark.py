@@ -490,12 +490,12 @@ def write_report(results: dict, out_dir: Path, promotion: dict | None = None, se
 
 
 def terminal_summary(metrics: dict, promotion: dict | None = None) -> str:
-    """The few lines a terminal shows after a run (the full report stays in report.md and the UIs): QA F1 and
-    retrieval recall@5 of every system, and what the gate decided."""
-    qa = "  ".join(f"{name} {row['f1']:.3f}" for name, row in metrics.get("qa", {}).items())
+    """The few lines a terminal shows after a run (the full report stays in report.md and the UIs): QA F1 /
+    sub-EM and retrieval recall@5 of every system, and what the gate decided."""
+    qa = "  ".join(f"{name} {row['f1']:.3f}/{row['sub_em']:.3f}" for name, row in metrics.get("qa", {}).items())
     recall = "  ".join(f"{name} {row['recall@5']:.3f}" for name, row in metrics.get("retrieval", {}).items()
                        if "recall@5" in row)
-    lines = [f"QA F1 ({metrics.get('num_questions', '?')} held-out questions): {qa}",
+    lines = [f"QA F1/sub-EM ({metrics.get('num_questions', '?')} held-out questions): {qa}",
              f"retrieval recall@5: {recall}"]
     if promotion:
         lines.append(f"registry: {promotion.get('model_name')} version {promotion.get('version')} -> "

@@ -134,7 +134,7 @@ def test_terminal_summary_is_a_few_lines_with_every_system(benchmarked):
     lines = text.splitlines()
     assert len(lines) == 3 and lines[2] == "registry: clara version 3 -> @challenger (why)"
     for system, row in metrics["qa"].items():
-        assert f"{system} {row['f1']:.3f}" in lines[0]
+        assert f"{system} {row['f1']:.3f}/{row['sub_em']:.3f}" in lines[0]
     for system, row in metrics["retrieval"].items():
         assert f"{system} {row['recall@5']:.3f}" in lines[1]
 

@@ -90,9 +90,10 @@ def test_registered_model_gets_champion_then_gate_decides(materialised, tmp_path
                             instance=dg.DagsterInstance.ephemeral())
     assert result.success
     v2 = client.get_model_version(name, "2")
-    f1_v1, f1_v2 = float(v1.tags["benchmark.f1"]), float(v2.tags["benchmark.f1"])
+    metric = params["registry"]["metric"]
+    score_v1, score_v2 = float(v1.tags[f"benchmark.{metric}"]), float(v2.tags[f"benchmark.{metric}"])
     champion = client.get_model_version_by_alias(name, "champion")
-    if f1_v2 > f1_v1:
+    if score_v2 > score_v1:
         assert str(champion.version) == "2" and v2.tags["promotion.decision"] == "champion"
     else:
         assert str(champion.version) == "1"
