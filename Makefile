@@ -19,11 +19,11 @@ test: setup
 # The Dagster UI on http://127.0.0.1:3000 (Ctrl-C or SIGTERM stops it and every process it started).
 dagster: setup
 	DAGSTER_HOME=$(CURDIR)/dagster_home CLARA_ROOT=$(CURDIR) \
-	  exec bash scripts/run_group.sh .venv/bin/dagster dev -h 127.0.0.1 -p 3000
+	  exec .venv/bin/python scripts/run_group.py .venv/bin/dagster dev -h 127.0.0.1 -p 3000
 
 # The MLflow UI on http://127.0.0.1:5000.
 mlflow-ui: setup
-	exec bash scripts/run_group.sh bash mlflow/ui.sh
+	exec .venv/bin/python scripts/run_group.py bash mlflow/ui.sh
 
 # Serve the registry's champion over HTTP on http://127.0.0.1:5001 (POST /invocations);
 # ALIAS=challenger serves the newest model the gate did not promote.

@@ -134,8 +134,9 @@ def test_the_venvs_pytest_collects_the_suite():
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_servers_stop_with_every_process_they_started(tmp_path, sig):
-    """scripts/run_group.sh (make dagster, make mlflow-ui): one signal ends the whole tree, including a
-    process that ignores it (SIGKILL after the grace period)."""
+    """scripts/run_group.py (make dagster, make mlflow-ui): one signal ends the whole tree, including a
+    process that ignores it (SIGKILL after the grace period), even when the runner itself was started with
+    the signal ignored (a background job; pytest's own process after Dagster has run in it)."""
     pids = tmp_path / "pids"
     code = ("import os, signal, subprocess, sys, time\n"
             "stubborn = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
@@ -143,8 +144,9 @@ def test_servers_stop_with_every_process_they_started(tmp_path, sig):
             "plain = subprocess.Popen(['sleep', '300'])\n"
             f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{stubborn.pid}} {{plain.pid}}')\n"
             "time.sleep(300)\n")
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run_group.sh"), sys.executable, "-c", code],
-                            env={**os.environ, "GRACE_S": "2"})
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_group.py"), sys.executable, "-c", code],
+                            env={**os.environ, "GRACE_S": "2"},
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)])
     deadline = time.time() + 30
     while not (pids.exists() and len(pids.read_text().split()) == 3) and time.time() < deadline:
         time.sleep(0.1)
