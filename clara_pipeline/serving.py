@@ -67,15 +67,17 @@ class IndexMismatchError(ValueError):
     """An index whose vectors the model cannot read (another n_mem or hidden size)."""
 
 
-def _as_int(name: str, value, low: int, high: int) -> int:
+def _as_int(name: str, value, high: int) -> int:
+    """A JSON number or string that holds an integer, as an int; the bounds are check_request's."""
+    message = f"{name} must be an integer between 1 and {high}, got {value!r}"
     if isinstance(value, bool) or value is None:
-        raise RequestError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+        raise RequestError(message)
     try:
         as_int = int(value)
     except (TypeError, ValueError):
-        raise RequestError(f"{name} must be an integer between {low} and {high}, got {value!r}") from None
-    if as_int != value or not low <= as_int <= high:
-        raise RequestError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+        raise RequestError(message) from None
+    if as_int != value:
+        raise RequestError(message)
     return as_int
 
 
@@ -99,10 +101,10 @@ def parse_request(model_input, params: dict | None) -> tuple[list[str], int, int
     if len(questions) > MAX_QUESTIONS:
         raise RequestError(f"the request holds {len(questions)} questions; the limit is {MAX_QUESTIONS} per request")
     params = params or {}
-    k = _as_int("k", params.get("k", DEFAULT_K), 1, MAX_K)
-    max_new_tokens = _as_int("max_new_tokens", params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), 1, MAX_NEW_TOKENS)
-    try:
-        check_request(questions, k)
+    k = _as_int("k", params.get("k", DEFAULT_K), MAX_K)
+    max_new_tokens = _as_int("max_new_tokens", params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS), MAX_NEW_TOKENS)
+    try:  # the bounds `clara ask` checks too, in one place
+        check_request(questions, k, max_new_tokens)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     return questions, k, max_new_tokens
