@@ -11,8 +11,13 @@ Params (optional): ``k`` documents to retrieve (1..``inference.MAX_K``, default 
 (1..``inference.MAX_NEW_TOKENS``, default 16). A request outside these bounds is refused with an error naming the
 limit (HTTP 400 from ``mlflow models serve``).
 
-Response: one row per question: ``question``, ``answer`` and ``documents``, a JSON list of the retrieved
-documents ``{"id", "title", "score"}``, best first.
+Response: one row per question: ``question``, ``answer`` and ``documents``, the list of retrieved documents
+``{"id", "title", "score"}``, best first (a JSON array in the HTTP response; before 2026-11-30 it was a JSON
+string holding that array).
+
+Columns and params outside the signature never reach this code: MLflow's schema enforcement drops them
+before ``predict`` and logs a WARNING naming them ("Found extra inputs ...", "Unrecognized params ...") in
+the server's log; a misspelt ``k`` therefore answers with the default k.
 
 Live index: with ``CLARA_INDEX_DIR`` set where the model is loaded (e.g. the environment of
 ``mlflow models serve``), the index in that folder is served instead of the snapshot logged with the model,
@@ -27,17 +32,18 @@ for inference; bfloat16 roughly halves latency on CPUs with AVX512-BF16 or AMX a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array, Object, Property
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,9 @@ COLUMNS = ("question", "answer", "documents")
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "question")]),
-    outputs=Schema([ColSpec("string", name) for name in COLUMNS]),
+    outputs=Schema([ColSpec("string", "question"), ColSpec("string", "answer"),
+                    ColSpec(Array(Object([Property("id", "string"), Property("title", "string"),
+                                          Property("score", "double")])), "documents")]),
     params=ParamSchema([ParamSpec("k", "long", DEFAULT_K), ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
 )
 
@@ -61,6 +69,18 @@ class RequestError(MlflowException, ValueError):
 
     def __init__(self, message: str):
         MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+    # MLflow's scoring server rewrites an error's message as "Failed to predict data '<the whole input
+    # DataFrame>'. Error: ..." -- a dump of up to 32 questions in front of the one line that says what to fix.
+    # The message of a request error is only ever its own.
+    @property
+    def message(self) -> str:
+        return self._request_message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_request_message"):
+            self._request_message = value
 
 
 class IndexMismatchError(ValueError):
@@ -83,8 +103,6 @@ def _as_int(name: str, value, high: int) -> int:
 
 def parse_request(model_input, params: dict | None) -> tuple[list[str], int, int]:
     """(questions, k, max_new_tokens) from a pyfunc request, or RequestError naming the bound it breaks."""
-    import pandas as pd
-
     from clara_pipeline.inference import MAX_K, MAX_NEW_TOKENS, check_request
 
     if isinstance(model_input, dict):
@@ -174,9 +192,9 @@ class ClaraPyfunc(mlflow.pyfunc.PythonModel):
             self.rag = ClaraRAG(self.rag.model, index)
             log.info("switched to index version %s (%s)", index.version, index.path)
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # model_input is annotated as a DataFrame so that MLflow neither infers a schema from the hint (the
+    # signature above is explicit) nor warns, at every load, that the hint is missing
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         questions, k, max_new_tokens = parse_request(model_input, params)
         self.refresh_index()
         rag = self.rag  # one index for the whole request
@@ -184,5 +202,6 @@ class ClaraPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({
             "question": [r["question"] for r in results],
             "answer": [r["answer"] for r in results],
-            "documents": [json.dumps(r["documents"]) for r in results],
+            "documents": [[{"id": str(d["id"]), "title": str(d["title"]), "score": float(d["score"])}
+                           for d in r["documents"]] for r in results],
         })

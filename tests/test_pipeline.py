@@ -131,7 +131,7 @@ def test_champion_serves_questions_through_pyfunc(materialised):
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     out = model.predict(pd.DataFrame({"question": ["Who created the first work?", "Where was it founded?"]}))
     assert list(out.columns) == ["question", "answer", "documents"]
-    docs = json.loads(out["documents"][0])
+    docs = out["documents"][0]
     assert len(docs) == 5 and all("title" in d and "score" in d for d in docs)
     with pytest.raises(ValueError, match="k must be"):
         model.unwrap_python_model().rag.ask(["a question"], k=0)
