@@ -1,5 +1,5 @@
 # Every target sets up what it needs first (scripts/setup.sh is idempotent).
-.PHONY: setup run test dagster mlflow-ui serve repro dvc-yaml clean
+.PHONY: setup run test dagster mlflow-ui serve repro dvc-yaml clean lock
 
 # Telemetry off for every tool we run.
 export DAGSTER_DISABLE_TELEMETRY=1
@@ -41,3 +41,7 @@ dvc-yaml: setup
 
 clean:
 	rm -rf artifacts mlflow/mlflow.db mlflow/artifacts
+
+# Pin every package of both environments as they are now (requirements/lock*.txt, used by setup.sh).
+lock: setup
+	bash scripts/lock.sh
