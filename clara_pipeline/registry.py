@@ -9,10 +9,16 @@ the current champion, on ``registry.metric``: a model that loses to BM25 + text 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import sys
 import warnings
 from pathlib import Path
 
 from clara_pipeline import tracking
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -30,14 +36,23 @@ def register(stage_run, model_name: str, model_dir: Path, index_dir: Path) -> st
         # the signature above is explicit, so MLflow's advice to add an input example (which it would run
         # through the model at logging time, a second model load) is noise on every run
         warnings.filterwarnings("ignore", message=".*input example was not provided.*", category=UserWarning)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(serving.MODEL_CODE),
-            artifacts={"model": str(model_dir), "index": str(index_dir)},
-            signature=serving.SIGNATURE,
-            pip_requirements=["clara-pipeline", "torch", "transformers", "peft", "faiss-cpu", "mlflow"],
-            registered_model_name=model_name,
-        )
+        # MLflow prints "Successfully registered model ..." / "Created version ..." to stderr; the stage
+        # logs its own line with the version, so those go to this module's DEBUG log instead
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(printed):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(serving.MODEL_CODE),
+                    artifacts={"model": str(model_dir), "index": str(index_dir)},
+                    signature=serving.SIGNATURE,
+                    pip_requirements=["clara-pipeline", "torch", "transformers", "peft", "faiss-cpu", "mlflow"],
+                    registered_model_name=model_name,
+                )
+        except BaseException:
+            sys.stderr.write(printed.getvalue())  # whatever MLflow said before failing is the user's to read
+            raise
+        log.debug("mlflow: %s", printed.getvalue().strip())
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_model_version_tag(model_name, version, "run_id", stage_run.run_id)
     return version

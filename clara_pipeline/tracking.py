@@ -41,6 +41,9 @@ def configure(root: Path):
     # "Creating initial MLflow database tables..." and its alembic lines on every fresh store: noise here
     for noisy in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # a "Downloading artifacts" bar per model logged or loaded, though every artifact is a local file;
+    # MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true in the environment brings them back
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri(root)
     if uri == f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}":
         _PROJECT_URIS.add(uri)

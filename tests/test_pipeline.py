@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from assets.checks import benchmark_is_complete, promotion_gate
 from assets.lineage import LINEAGE_ASSETS
 from assets.resources import ClaraProject
 from clara_pipeline import tracking
-from tests.conftest import tiny_params
+from tests.conftest import ROOT, tiny_params
 
 STAGES = ["raw_corpus", "scp_data", "compressor_checkpoint", "compressed_index", "clara_model", "benchmark_report"]
 
@@ -253,3 +256,24 @@ def test_corpus_with_its_own_stage1_data_trains_on_it(tiny_project):
     held_out = {q["question"] for q in map(json.loads, (paths.raw_corpus / "questions_eval.jsonl").read_text().splitlines())}
     trained = {r["question"] for r in map(json.loads, (paths.scp_data / "stage1.jsonl").read_text().splitlines())}
     assert len(held_out) == 4 and not held_out & trained
+
+
+def test_main_job_prints_progress_and_the_headline_not_library_noise(tiny_project, tmp_path):
+    """`make run`'s command on the tiny project: stage progress and the headline table, no library warnings,
+    progress bars or registry chatter (the full report stays in the file)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)  # the instance make run uses (telemetry off)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DAGSTER_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK",
+                        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")}
+    env.update(CLARA_ROOT=str(tiny_project), DAGSTER_HOME=str(home))
+    out = subprocess.run([sys.executable, "-m", "assets"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    printed = out.stdout + out.stderr
+    assert out.returncode == 0, printed[-4000:]
+    assert "compressor_checkpoint: done" in printed and "QA F1/sub-EM" in printed and "registry: clara version 1" in printed
+    noise = [line for line in printed.splitlines() if " - dagster - INFO - " not in line and any(
+        mark in line for mark in ("Warning", "WARNING", "it/s]", "Downloading", "Successfully registered",
+                                  "Created version", "Telemetry", "Loading weights"))]
+    assert not noise, "\n".join(noise[:20])
