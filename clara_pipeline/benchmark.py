@@ -78,6 +78,13 @@ def _fill_to_k(gold: list[str], ranked: list[str], k: int, rng: random.Random) -
     return chosen
 
 
+def oracle_lists(golds: list[list[str]], ranked: list[list[str]], k: int, seed: int) -> list[list[str]]:
+    """The oracle setting's k documents per question: its gold documents, filled up to k from `ranked`
+    (BM25's order), shuffled with a seeded RNG so position says nothing."""
+    rng = random.Random(seed)
+    return [_fill_to_k(g, lst, k, rng) for g, lst in zip(golds, ranked)]
+
+
 def _distinct(ids, unit: dict[str, str]) -> list[str]:
     """Ranked chunk ids -> ranked passage ids, first occurrence kept."""
     return list(dict.fromkeys(unit.get(d, d) for d in ids))
@@ -117,7 +124,6 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
     model = rag.model
     texts = [q["question"] for q in questions]
     golds = [q["gold_doc_ids"] for q in questions]
-    rng = random.Random(seed)
     # chunked corpus: retrieval is scored over passages, so rank deeper to still have max_k distinct ones
     unit = {d["id"]: d["parent_id"] for d in documents if d.get("parent_id")}
     max_k = max(recall_ks + [k, num_candidates])
@@ -157,7 +163,7 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
         retrieval[system] = aggregate(rows, [f"recall@{n}" for n in recall_ks] + ["mrr"])
 
     # ---- question answering: the k documents each system gives the generator ----
-    oracle = [_fill_to_k(g, lst, k, rng) for g, lst in zip(golds, ranked["bm25"])]
+    oracle = oracle_lists(golds, ranked["bm25"], k, seed)
     doc_lists: dict[str, list[list[str]]] = {
         "bm25_text": [lst[:k] for lst in ranked["bm25"]],
         "oracle_text": oracle,

@@ -577,11 +577,13 @@ class ClaraModel(nn.Module):
                 mask[i, off + s : off + s + self.n_mem] = True
         return mask
 
-    def answer_loss(self, questions, doc_embeddings, answers, answer_max_length=None, kinds=None):
+    def answer_loss(self, questions, doc_embeddings, answers, answer_max_length=None, kinds=None, contexts=None):
         """Mean cross-entropy on answer tokens (+EOS) given question and docs [B, k, n, memory_dim] (or None).
 
         answer_max_length: an int, or one int per row (stage 1 mixes short QA answers and long paraphrases).
-        kinds: per row "question" (default) or "instruction" (the row's `question` is an instruction)."""
+        kinds: per row "question" (default) or "instruction" (the row's `question` is an instruction).
+        contexts: per row the documents' raw texts in place of compressed ones (doc_embeddings None): the
+        full-text generator, tuned the same way (benchmarks/oracle_text_tuned.py)."""
         self._use_adapter("generator")
         tok = self.gen_tok
         amax = answer_max_length or self.answer_max_length
@@ -590,8 +592,9 @@ class ClaraModel(nn.Module):
         k = 0 if doc_embeddings is None else doc_embeddings.shape[1]
         lead = "" if self.prompt_style == "chat" else " "
         seqs, labels, starts = [], [], []
-        for q, a, m, kind in zip(questions, answers, amax, kinds):
-            prompt, ph_starts = self._prompt_ids(q, k, kind=kind)
+        for i, (q, a, m, kind) in enumerate(zip(questions, answers, amax, kinds)):
+            prompt, ph_starts = self._prompt_ids(q, k, kind=kind, context=None if contexts is None else contexts[i])
+            ph_starts = ph_starts if contexts is None else []  # text in those slots, nothing to replace
             ans = tok(lead + a.strip(), add_special_tokens=False, truncation=True, max_length=int(m))["input_ids"]
             ans = ans + [tok.eos_token_id]
             seqs.append(prompt + ans)
@@ -756,9 +759,10 @@ class ClaraModel(nn.Module):
         loss = lm_loss + mse_weight * mse
         return loss, {"lm_loss": lm_loss.item(), "mse_loss": mse.item(), "answer_tokens": n_tok}
 
-    def stage2_loss(self, questions, doc_embeddings, answers):
-        """Instruction tuning: answer from the question + k compressed docs [B, k, n, d]."""
-        lm_loss, n_tok = self.answer_loss(questions, doc_embeddings, answers)
+    def stage2_loss(self, questions, doc_embeddings, answers, contexts=None):
+        """Instruction tuning: answer from the question + k compressed docs [B, k, n, d] (or, with contexts and
+        doc_embeddings None, from the k documents' text)."""
+        lm_loss, n_tok = self.answer_loss(questions, doc_embeddings, answers, contexts=contexts)
         return lm_loss, {"lm_loss": lm_loss.item(), "answer_tokens": n_tok}
 
     def stage3_loss(self, questions, candidate_embeddings, answers, top_k: int, temperature: float = 1.0):

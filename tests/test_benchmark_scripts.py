@@ -122,3 +122,28 @@ def test_stage1_reading_probes_memory_gain_while_training(tiny_lineage, capsys, 
     assert [r["step"] for r in rows[:2]] == [1, 2] and all(r["documents"] == 4 and r["own"] > 0 for r in rows[:2])
     assert rows[2]["steps"] == 2 and (rows[2]["training_documents"] >= 40 if extra else True)
     assert reading.main(["--root", str(tmp_path)]) == 2
+
+
+def test_oracle_text_tuned_tunes_the_generator_on_text(tiny_lineage, capsys, tmp_path):
+    tuned = load_script("oracle_text_tuned")
+    root, _ = tiny_lineage
+    assert tuned.main(["--root", str(root), "--steps", "2", "--questions", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 2 and out["questions"] == 4 and set(out["oracle_text_tuned"]) == {"em", "f1", "sub_em"}
+    assert out["first_loss"] > 0 and "oracle_compressed" in out and "oracle_text" in out
+    assert tuned.main(["--root", str(tmp_path)]) == 2
+    assert "run the lineage first" in capsys.readouterr().err
+
+
+def test_stage2_loss_reads_text_contexts(tiny_lineage):
+    """The text variant of stage 2 puts the documents' text in the prompt: the loss depends on that text."""
+    from clara_pipeline.model import ClaraModel
+
+    root, _ = tiny_lineage
+    model = ClaraModel.load(root / "artifacts" / "compressor_checkpoint")
+    q, a = ["Who made it?"], ["Alba Rin"]
+    with_text, _ = model.stage2_loss(q, None, a, contexts=[["Alba Rin made it in 1901."]])
+    other_text, _ = model.stage2_loss(q, None, a, contexts=[["The river runs north of the town."]])
+    closed, _ = model.stage2_loss(q, None, a)
+    with_text, other_text, closed = (float(x.detach()) for x in (with_text, other_text, closed))
+    assert with_text != other_text and with_text != closed

@@ -266,7 +266,9 @@ def test_main_job_prints_progress_and_the_headline_not_library_noise(tiny_projec
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)  # the instance make run uses (telemetry off)
     env = {k: v for k, v in os.environ.items()
            if k not in ("DAGSTER_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK",
-                        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")}
+                        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+                        # this process may hold a gloo group on MASTER_PORT already (the DeepSpeed stages ran)
+                        "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(CLARA_ROOT=str(tiny_project), DAGSTER_HOME=str(home))
     out = subprocess.run([sys.executable, "-m", "assets"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)

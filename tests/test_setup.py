@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -38,19 +37,23 @@ def _check(installed: dict[str, str], lock: Path) -> None:
     assert not UNPINNED & set(pins), f"{lock.name} must not pin {UNPINNED & set(pins)}"
 
 
+def _installed(python) -> dict[str, str]:
+    """What pip sees in that environment (not packages vendored inside others, which sys.path may show)."""
+    out = subprocess.run([str(python), "-m", "pip", "freeze", "--all", "--disable-pip-version-check"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return {_name(k): v for k, v in (line.split("==", 1) for line in out.splitlines()
+                                           if "==" in line and not line.startswith("#"))}
+
+
 def test_lock_pins_every_package_of_the_project_environment():
-    installed = {_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    _check(installed, ROOT / "requirements" / "lock.txt")
+    _check(_installed(sys.executable), ROOT / "requirements" / "lock.txt")
 
 
 def test_lock_pins_every_package_of_the_dvc_environment():
     python = ROOT / ".venv-dvc" / "bin" / "python"
     if not python.exists():
         pytest.skip("no .venv-dvc (scripts/setup.sh makes it)")
-    out = subprocess.run([str(python), "-m", "pip", "freeze", "--all", "--disable-pip-version-check"],
-                         capture_output=True, text=True, check=True, timeout=120).stdout
-    installed = dict(line.split("==", 1) for line in out.splitlines() if "==" in line)
-    _check({_name(k): v for k, v in installed.items()}, ROOT / "requirements" / "lock-dvc.txt")
+    _check(_installed(python), ROOT / "requirements" / "lock-dvc.txt")
 
 
 def test_setup_installs_with_the_lock_as_constraints():
