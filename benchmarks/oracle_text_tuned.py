@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.questions or bench.get("max_eval_questions")
     questions = questions[: int(limit)] if limit else questions
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load
     t0 = time.perf_counter()
     # the lineage's model, built as compressor_checkpoint builds it (same seed: same LoRA initialisation)
     tokenizer_texts = list(documents.values()) + [r["question"] for r in records] + [r["answer"] for r in stage1]
