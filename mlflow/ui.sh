@@ -4,8 +4,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
+# MLflow's server-side job runner (huey consumers, for GenAI jobs this project has none of) is off: fewer
+# processes, and no KeyboardInterrupt tracebacks from them on Ctrl-C; MLflow's own deprecated Starlette
+# imports warn in every worker, which is MLflow's to fix, not the user's to read
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore:starlette.middleware.wsgi is deprecated}"
 mkdir -p "$root/mlflow/artifacts"
 exec "$root/.venv/bin/mlflow" ui \
   --backend-store-uri "sqlite:///$root/mlflow/mlflow.db" \
+  --registry-store-uri "sqlite:///$root/mlflow/mlflow.db" \
   --default-artifact-root "$root/mlflow/artifacts" \
-  --host 127.0.0.1 --port "${PORT:-5000}"
+  --host 127.0.0.1 --port "${PORT:-5000}" --workers "${WORKERS:-1}"   # one local user: one worker

@@ -164,3 +164,42 @@ def test_servers_stop_with_every_process_they_started(tmp_path, sig):
 
     time.sleep(0.5)
     assert not [p for p in started if alive(p)]
+
+
+def test_mlflow_ui_starts_and_stops_quietly(tmp_path):
+    """mlflow/ui.sh (make mlflow-ui) on a fresh store: no library warnings, and Ctrl-C ends it without
+    tracebacks (MLflow's job-runner consumers used to print KeyboardInterrupt tracebacks)."""
+    import socket
+    import urllib.request
+
+    venv = ROOT / ".venv"
+    if not (venv / "bin" / "mlflow").exists():
+        pytest.skip("no .venv (scripts/setup.sh makes it)")
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(ROOT / "mlflow" / "ui.sh", tmp_path / "mlflow" / "ui.sh")
+    (tmp_path / ".venv").symlink_to(venv)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", str(tmp_path / "mlflow" / "ui.sh")], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PORT": str(port)}, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    printed = log.read_text()
+    assert "Warning" not in printed and "Traceback" not in printed, printed[-3000:]
