@@ -139,7 +139,7 @@ def build_automation(params: dict) -> Automation:
     # A partitioned and an unpartitioned asset cannot share one job: compress (one run per shard, e.g. a
     # backfill), then merge.
     shards_job = dg.define_asset_job(
-        "reindex_shards", selection=dg.AssetSelection.assets(compressed_shards), partitions_def=partitions,
+        "reindex_shards", selection=dg.AssetSelection.assets(compressed_shards),  # partitioned like the asset
         description="Compress one shard of the corpus per run (backfill all partitions to run them in parallel).")
     merge_job = dg.define_asset_job(
         "merge_shards", selection=dg.AssetSelection.assets(sharded_index), executor_def=dg.in_process_executor,
