@@ -183,7 +183,9 @@ def test_mlflow_ui_starts_and_stops_quietly(tmp_path):
         port = s.getsockname()[1]
     log = tmp_path / "ui.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", str(tmp_path / "mlflow" / "ui.sh")], stdout=out, stderr=subprocess.STDOUT,
+        # as `make mlflow-ui` runs it, and stopped as Ctrl-C stops it: SIGINT to the runner
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_group.py"), "--int-as-term", "bash",
+                                 str(tmp_path / "mlflow" / "ui.sh")], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PORT": str(port)}, start_new_session=True)
     try:
         deadline = time.time() + 90
@@ -196,8 +198,8 @@ def test_mlflow_ui_starts_and_stops_quietly(tmp_path):
                 pass
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
