@@ -32,7 +32,7 @@ constraints() {
 }
 
 if [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
-  echo "setup: creating .venv (first time only, about 3 minutes)"
+  echo "setup: creating .venv (first time only, about 2 minutes with a warm pip cache)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   lock=$(constraints requirements/lock.txt)
   .venv/bin/python -m pip install -qq --disable-pip-version-check --upgrade $lock pip setuptools wheel
