@@ -53,7 +53,6 @@ DTYPE_ENV = "CLARA_DTYPE"
 MAX_QUESTIONS = 32      # rows per request: bounds one request's memory and latency
 DEFAULT_K = 5  # the top-k the embedded default trains and benchmarks with (train.stage3.top_k)
 DEFAULT_MAX_NEW_TOKENS = 16
-COLUMNS = ("question", "answer", "documents")
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "question")]),
