@@ -11,8 +11,6 @@ from pathlib import Path
 
 def main() -> int:
     repo = Path(__file__).resolve().parent.parent
-    for var, value in (("DAGSTER_DISABLE_TELEMETRY", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
-        os.environ.setdefault(var, value)  # as the Makefile does, for a run without make
     os.environ.setdefault("DAGSTER_HOME", str(repo / "dagster_home"))
     root = Path(os.environ.setdefault("CLARA_ROOT", str(repo)))  # another project root: its params.yaml
     import dagster as dg

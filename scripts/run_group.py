@@ -6,8 +6,9 @@ SIGINT left five processes behind (issue 13). Here the command runs in its own p
 default signal dispositions, and INT/TERM/HUP to this process go to that whole group. With --int-as-term,
 Ctrl-C's INT goes on as TERM (make mlflow-ui): uvicorn, under mlflow ui, re-raises an INT after its clean
 shutdown, which asyncio turns into a KeyboardInterrupt traceback; dagster dev shuts down more cleanly on INT
-itself. Whatever is still alive after GRACE_S seconds (default 20) gets SIGKILL. Python, not bash: bash cannot trap a signal that was
-ignored when it started (a server started from a background job or under nohup), Python can.
+itself. Whatever is still alive after GRACE_S seconds (default 20) gets SIGKILL. Python, not bash: bash
+cannot trap a signal that was ignored when it started (a server started from a background job or under
+nohup), Python can.
 """
 
 from __future__ import annotations
