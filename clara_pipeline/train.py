@@ -127,7 +127,14 @@ def load_deepspeed_config(train_cfg: dict, batch_size: int) -> dict:
     path = Path(train_cfg.get("deepspeed_config", "configs/deepspeed/cpu.json"))
     if not path.is_absolute():
         path = project_root() / path
-    cfg = json.loads(path.read_text())
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no DeepSpeed config there (params.yaml train.deepspeed_config); "
+                                f"point it at a JSON file such as configs/deepspeed/cpu.json")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); fix it or point "
+                         f"train.deepspeed_config at another file") from None
     world = rank_and_world()[1]
     accum = int(train_cfg.get("gradient_accumulation_steps", 1))
     for key, want in (("train_micro_batch_size_per_gpu", int(batch_size)), ("gradient_accumulation_steps", accum)):

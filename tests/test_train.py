@@ -90,6 +90,14 @@ def test_deepspeed_config_auto_values_replaced():
     assert "auto" not in cfg.values()
 
 
+def test_deepspeed_config_missing_or_broken_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.json: no DeepSpeed config .*train\.deepspeed_config"):
+        load_deepspeed_config({"deepspeed_config": str(tmp_path / "nope.json")}, 4)
+    (tmp_path / "bad.json").write_text("{\"train_micro_batch_size_per_gpu\": ")
+    with pytest.raises(ValueError, match=r"bad\.json: not valid JSON .*line 1"):
+        load_deepspeed_config({"deepspeed_config": str(tmp_path / "bad.json")}, 4)
+
+
 def test_stage2_docs_gold_first_then_negatives():
     rec = {"gold_doc_ids": ["d3"], "candidate_doc_ids": ["d1", "d3", "d2", "d5"]}
     ids = _stage_docs(rec, DOCUMENTS, 3, random.Random(0))
