@@ -135,6 +135,21 @@ def test_oracle_text_tuned_tunes_the_generator_on_text(tiny_lineage, capsys, tmp
     assert "run the lineage first" in capsys.readouterr().err
 
 
+def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_path):
+    pretrain = load_script("pretrain_probe")
+    root, _ = tiny_lineage
+    assert pretrain.main(["--root", str(root), "--pretrain-steps", "2", "--pretrain-documents", "40",
+                          "--corpus-stage1-steps", "1", "--stage2-steps", "2", "--stage2-frozen-compressor",
+                          "--stage2-lr", "1e-4", "--questions", "4"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["phase"] for r in rows] == ["pretrained", "corpus_stage1", "stage2"]
+    assert rows[0]["training_documents"] >= 40 and rows[0]["own"] > 0 and rows[1]["steps"] == 1
+    assert rows[2]["train_compressor"] is False and rows[2]["lr"] == 1e-4
+    assert set(rows[2]["oracle_compressed"]) == {"em", "f1", "sub_em"} and "memory_gain" in rows[2]
+    assert pretrain.main(["--root", str(tmp_path)]) == 2
+    assert "run the lineage first" in capsys.readouterr().err
+
+
 def test_stage2_loss_reads_text_contexts(tiny_lineage):
     """The text variant of stage 2 puts the documents' text in the prompt: the loss depends on that text."""
     from clara_pipeline.model import ClaraModel
