@@ -14,6 +14,7 @@ params.yaml (train.stage1, model); the model is not saved. One JSON line per pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -47,6 +48,25 @@ def fresh_documents(corpus_cfg: dict, n: int, seed: int) -> dict[str, str]:
     return {d["id"]: d["text"] for d in generate_corpus(cfg, seed)["documents"]}
 
 
+def fresh_records(documents: dict[str, str]) -> list[dict]:
+    """Stage-1 records that only name their documents (their QA fields are never read under
+    `reconstruction_only`)."""
+    return [{"doc_id": d, "data_type": "qa", "question": "-", "answer": "-"} for d in documents]
+
+
+@contextlib.contextmanager
+def reconstruction_only():
+    """While inside, stage 1 trains only on its rows asking for the document word for word (with
+    `reconstruction_per_doc: 1` in the stage config)."""
+    full = training.stage1_examples
+    training.stage1_examples = lambda *a, **k: [r for r in full(*a, **k)
+                                                if r["question"] == training.RECONSTRUCT_INSTRUCTION]
+    try:
+        yield
+    finally:
+        training.stage1_examples = full
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=ROOT)
@@ -68,14 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = {**params["train"]["stage1"], "steps": args.steps, "log_every": 1}
     if args.fresh:
         documents = fresh_documents(params["corpus"], args.fresh, params["seed"] + 1)
-        records = [{"doc_id": d, "data_type": "qa", "question": "-", "answer": "-"} for d in documents]
+        records = fresh_records(documents)
     else:
         documents, records = own, read_jsonl(scp)
-    full = training.stage1_examples
     if args.fresh or args.reconstruction:
         cfg["reconstruction_per_doc"] = 1
-        training.stage1_examples = lambda *a, **k: [r for r in full(*a, **k)
-                                                    if r["question"] == training.RECONSTRUCT_INSTRUCTION]
     model = ClaraModel.from_params(params["model"], seed=params["seed"])
     started = time.perf_counter()
 
@@ -87,12 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             model.train()
             print(json.dumps(row), flush=True)
 
-    try:
+    rows = reconstruction_only() if args.fresh or args.reconstruction else contextlib.nullcontext()
+    with rows:
         summary = training.train_stage(model, "stage1", records, documents, cfg,
                                        {**params["train"], "backend": "torch", "checkpoint_every": 0},
                                        seed=params["seed"], log_fn=on_step, log=lambda m: None)
-    finally:
-        training.stage1_examples = full
     print(json.dumps({"rows": summary["records"], "training_documents": len(documents), "steps": args.steps,
                       "seconds_per_step": round(summary["seconds_per_step"], 2)}))
     return 0
