@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checkpoint_probe import memory_gain, probe  # noqa: E402
-from stage1_reading import fresh_documents, fresh_records, reconstruction_only  # noqa: E402
+from stage1_reading import fresh_documents, fresh_records  # noqa: E402
 
 from clara_pipeline import train as training  # noqa: E402
 from clara_pipeline.config import load_params  # noqa: E402
@@ -75,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     probe_texts = [own[i] for i in sorted(own)[:32]]
 
     # 1. reconstruction on fresh documents (the stage-1 rows of stage1_reading.py --fresh)
-    fresh = fresh_documents(params["corpus"], args.pretrain_documents, params["seed"] + 1)
-    with reconstruction_only():
-        training.train_stage(model, "stage1", fresh_records(fresh), fresh,
-                             {**params["train"]["stage1"], "steps": args.pretrain_steps, "reconstruction_per_doc": 1},
-                             train_cfg, seed=params["seed"], log=quiet)
+    fresh = fresh_documents(args.pretrain_documents, params["seed"] + 1)
+    training.train_stage(model, "stage1", fresh_records(fresh), fresh,
+                         {**params["train"]["stage1"], "steps": args.pretrain_steps, "target_form": "reconstruction"},
+                         train_cfg, seed=params["seed"], log=quiet)
     model.eval()
     report("pretrained", training_documents=len(fresh), steps=args.pretrain_steps, **memory_gain(model, probe_texts))
     model.train()

@@ -14,7 +14,6 @@ params.yaml (train.stage1, model); the model is not saved. One JSON line per pro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -28,43 +27,19 @@ from checkpoint_probe import memory_gain  # noqa: E402
 
 from clara_pipeline import train as training  # noqa: E402
 from clara_pipeline.config import load_params  # noqa: E402
+from clara_pipeline.corpus import pretraining_documents  # noqa: E402
 from clara_pipeline.jsonl import read_jsonl  # noqa: E402
 from clara_pipeline.model import ClaraModel  # noqa: E402
 
 
-MAX_WORKS = 150
-
-
-def fresh_documents(corpus_cfg: dict, n: int, seed: int) -> dict[str, str]:
-    """About n documents of a fictional encyclopedia drawn with `seed` (the corpus's mix of kinds)."""
-    from clara_pipeline.corpus import generate_corpus
-
-    kinds = ("num_people", "num_places", "num_organisations", "num_works")
-    scale = max(1.0, n / sum(int(corpus_cfg[k]) for k in kinds))
-    cfg = {**corpus_cfg, **{k: int(int(corpus_cfg[k]) * scale) for k in kinds}}
-    # work titles ("The <adjective> <noun>") run out near 150 unique ones: the rest become people
-    cfg["num_people"] += max(0, cfg["num_works"] - MAX_WORKS)
-    cfg["num_works"] = min(cfg["num_works"], MAX_WORKS)
-    return {d["id"]: d["text"] for d in generate_corpus(cfg, seed)["documents"]}
+def fresh_documents(n: int, seed: int) -> dict[str, str]:
+    """About n documents of a fictional encyclopedia drawn with `seed` (corpus.pretraining_documents)."""
+    return {d["id"]: d["text"] for d in pretraining_documents(n, seed)}
 
 
 def fresh_records(documents: dict[str, str]) -> list[dict]:
-    """Stage-1 records that only name their documents (their QA fields are never read under
-    `reconstruction_only`)."""
-    return [{"doc_id": d, "data_type": "qa", "question": "-", "answer": "-"} for d in documents]
-
-
-@contextlib.contextmanager
-def reconstruction_only():
-    """While inside, stage 1 trains only on its rows asking for the document word for word (with
-    `reconstruction_per_doc: 1` in the stage config)."""
-    full = training.stage1_examples
-    training.stage1_examples = lambda *a, **k: [r for r in full(*a, **k)
-                                                if r["question"] == training.RECONSTRUCT_INSTRUCTION]
-    try:
-        yield
-    finally:
-        training.stage1_examples = full
+    """Stage-1 records that only name their documents (all `target_form: reconstruction` reads)."""
+    return [{"doc_id": d} for d in documents]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     probe_texts = [own[i] for i in sorted(own)[: args.probe_docs]]
     cfg = {**params["train"]["stage1"], "steps": args.steps, "log_every": 1}
     if args.fresh:
-        documents = fresh_documents(params["corpus"], args.fresh, params["seed"] + 1)
+        documents = fresh_documents(args.fresh, params["seed"] + 1)
         records = fresh_records(documents)
     else:
         documents, records = own, read_jsonl(scp)
     if args.fresh or args.reconstruction:
-        cfg["reconstruction_per_doc"] = 1
+        cfg["target_form"] = "reconstruction"
     model = ClaraModel.from_params(params["model"], seed=params["seed"])
     started = time.perf_counter()
 
@@ -104,11 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             model.train()
             print(json.dumps(row), flush=True)
 
-    rows = reconstruction_only() if args.fresh or args.reconstruction else contextlib.nullcontext()
-    with rows:
-        summary = training.train_stage(model, "stage1", records, documents, cfg,
-                                       {**params["train"], "backend": "torch", "checkpoint_every": 0},
-                                       seed=params["seed"], log_fn=on_step, log=lambda m: None)
+    summary = training.train_stage(model, "stage1", records, documents, cfg,
+                                   {**params["train"], "backend": "torch", "checkpoint_every": 0},
+                                   seed=params["seed"], log_fn=on_step, log=lambda m: None)
     print(json.dumps({"rows": summary["records"], "training_documents": len(documents), "steps": args.steps,
                       "seconds_per_step": round(summary["seconds_per_step"], 2)}))
     return 0

@@ -130,12 +130,14 @@ def run_scp_data(ctx: StageContext) -> dict:
     stage2, cand_stats = build_candidates(answerable, retriever, cfg["candidates"], cfg.get("setting", "oracle"))
     cand_stats.update(retriever=cfg.get("retriever", "bm25"), synthetic_questions=synthetic,
                       questions_without_answer=sum(1 for q in questions if not q.get("answers")))
+    pretraining = _pretraining_documents(cfg, documents, ctx.params["seed"])
     out = ctx.paths.scp_data
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "stage1.jsonl", stage1)
     write_jsonl(out / "stage2.jsonl", stage2)
+    write_jsonl(out / "pretraining.jsonl", pretraining)
     summary = {"path": str(out), "synthesizer": synth_name, "prompt_version": prompt_version,
-               "stage1": stage1_stats, "candidates": cand_stats}
+               "stage1": stage1_stats, "candidates": cand_stats, "pretraining_documents": len(pretraining)}
     with tracking.stage_run(ctx.paths.root, "scp_data", {"seed": ctx.params["seed"], "scp": cfg}) as run:
         run.log_metrics(summary["stage1"], prefix="stage1.")
         run.log_metrics(summary["candidates"], prefix="candidates.")
@@ -145,6 +147,30 @@ def run_scp_data(ctx: StageContext) -> dict:
     ctx.log(f"scp_data: {len(stage1)} stage-1 records, {len(stage2)} stage-2/3 questions "
             f"({cand_stats['setting']} setting, gold recall@{cand_stats['n']} {cand_stats['gold_recall_at_n']:.3f})")
     return _write_summary(out, summary)
+
+
+def _pretraining_documents(cfg: dict, documents: list[dict], seed: int) -> list[dict]:
+    """Documents for reconstruction pretraining (train.pretrain), never the evaluated corpus's own.
+
+    scp.pretraining_documents: N draws N from a second fictional encyclopedia (seed + 1);
+    scp.pretraining_source: a JSONL of {"id", "text"} documents instead (e.g. Wikipedia paragraphs)."""
+    from clara_pipeline.corpus import pretraining_documents
+
+    n = int(cfg.get("pretraining_documents", 0) or 0)
+    source = cfg.get("pretraining_source", "embedded") or "embedded"
+    if source == "embedded":
+        return pretraining_documents(n, seed + 1, exclude_titles={d.get("title") for d in documents})
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"scp.pretraining_source: {path} does not exist; give a JSONL of "
+                                f'{{"id", "text"}} documents, or "embedded"')
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise ValueError(f'{path}: record {i} has no "text"; every pretraining document needs one')
+    own = {d["text"] for d in documents}
+    rows = [{"id": str(r.get("id", f"pre-{i}")), "text": r["text"]} for i, r in enumerate(rows) if r["text"] not in own]
+    return rows[:n] if n > 0 else rows
 
 
 def _documents_by_id(paths: Paths) -> dict[str, str]:
@@ -158,8 +184,9 @@ def _train_state_dir(paths: Paths, asset: str) -> Path:
 
 
 def run_compressor_checkpoint(ctx: StageContext) -> dict:
-    """Stage 1 (SCP: QA + paraphrase from one compressed document, plus the MSE term) then stage 2
-    (answer from question + top-k compressed documents).
+    """Optional reconstruction pretraining on documents that are never evaluated (train.pretrain), stage 1
+    (SCP: QA + paraphrase from one compressed document, plus the MSE term), then stage 2 (answer from
+    question + top-k compressed documents).
 
     Under ``deepspeed``/``torchrun`` every process runs this; rank 0 alone logs to MLflow and writes the
     checkpoint. A killed run picks up from its last checkpoint under artifacts/.train_state/."""
@@ -170,16 +197,29 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
     documents = _documents_by_id(ctx.paths)
     stage1 = read_jsonl(ctx.paths.scp_data / "stage1.jsonl")
     stage2 = read_jsonl(ctx.paths.scp_data / "stage2.jsonl")
+    pretrain_steps = int(p["train"].get("pretrain", {}).get("steps", 0) or 0)
+    pretraining: dict[str, str] = {}
+    if pretrain_steps:
+        pre_path = ctx.paths.scp_data / "pretraining.jsonl"
+        pretraining = {d["id"]: d["text"] for d in (read_jsonl(pre_path) if pre_path.is_file() else [])}
+        if not pretraining:
+            raise ValueError(f"train.pretrain.steps is {pretrain_steps} but {pre_path} holds no documents: set "
+                             "scp.pretraining_documents (and rerun scp_data), or train.pretrain.steps: 0")
     # The embedded generator's tokenizer is learnt from the text it will have to read and write.
-    tokenizer_texts = list(documents.values()) + [r["question"] for r in stage2] + [r["answer"] for r in stage1]
+    tokenizer_texts = (list(documents.values()) + list(pretraining.values()) + [r["question"] for r in stage2]
+                       + [r["answer"] for r in stage1])
     out = ctx.paths.compressor_checkpoint
     state_dir = _train_state_dir(ctx.paths, "compressor_checkpoint")
     with tracking.stage_run(ctx.paths.root, "compressor_checkpoint",
                             {"seed": p["seed"], "model": p["model"], "train": p["train"]}) as run:
         model = ClaraModel.from_params(p["model"], corpus_texts=tokenizer_texts, seed=p["seed"])
         summaries, upstream = {}, ""
-        for stage in ("stage1", "stage2"):
-            records = stage1 if stage == "stage1" else stage2
+        phases = [("stage1", stage1, documents, p["train"]["stage1"]), ("stage2", stage2, documents, p["train"]["stage2"])]
+        if pretrain_steps:
+            # reading first: the memory tokens of documents that are never evaluated, reconstructed word for word
+            phases.insert(0, ("pretrain", [{"doc_id": d} for d in pretraining], pretraining,
+                              {**p["train"]["pretrain"], "target_form": "reconstruction"}))
+        for stage, records, docs, stage_cfg in phases:
             ctx.log(f"compressor_checkpoint: {stage} on {len(records)} records")
             step_log = _progress(ctx.log, stage)
 
@@ -187,8 +227,9 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
                 run.log_step(step, metrics, prefix=f"{_stage}.")
                 _log(step, metrics)
 
-            summary = train_stage(model, stage, records, documents, p["train"][stage], p["train"], seed=p["seed"],
-                                  log_fn=log_fn, checkpoint_dir=state_dir / stage, depends_on=upstream, log=ctx.log)
+            summary = train_stage(model, "stage1" if stage == "pretrain" else stage, records, docs, stage_cfg,
+                                  p["train"], seed=p["seed"], log_fn=log_fn, checkpoint_dir=state_dir / stage,
+                                  depends_on=upstream, log=ctx.log)
             upstream = summary["fingerprint"]
             summary.pop("losses")  # per-step losses are in MLflow
             summaries[stage] = summary
@@ -372,9 +413,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("raw_corpus", "Seeded fictional encyclopedia with held-out single-hop and two-hop questions.",
           (), ("seed", "corpus"), (_LIB + "corpus.py", _LIB + "importers.py"), run_raw_corpus),
     Stage("scp_data", "SCP data: synthetic QA and paraphrases per document, and BM25 candidate lists for stages 2/3.",
-          ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "prompts.py", _LIB + "retrieval.py"), run_scp_data),
+          ("raw_corpus",), ("seed", "scp"), (_LIB + "synthesis.py", _LIB + "prompts.py", _LIB + "retrieval.py", _LIB + "corpus.py"), run_scp_data),
     Stage("compressor_checkpoint", "Compressor + generator after SCP (stage 1) and instruction tuning (stage 2).",
-          ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.autocast", "train.stage1", "train.stage2"),
+          ("raw_corpus", "scp_data"), ("seed", "model", "train.backend", "train.deepspeed_config", "train.gradient_accumulation_steps", "train.autocast", "train.pretrain", "train.stage1", "train.stage2"),
           (_LIB + "model.py", _LIB + "train.py", _LIB + "tokenizer.py", "configs/deepspeed"), run_compressor_checkpoint),
     Stage("compressed_index", "Every document compressed once into memory-token vectors, in a faiss index.",
           ("raw_corpus", "compressor_checkpoint"), ("index",), (_LIB + "index.py", _LIB + "model.py"), run_compressed_index,

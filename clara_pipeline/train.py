@@ -178,11 +178,16 @@ def stage1_examples(records: list[dict], documents: dict[str, str], stage_cfg: d
     target_form "official": one row per document holding all its QA pairs as "Question: q / Answer: a" lines
     (kind "instruction", no question in the prompt), one row per paraphrase with a seeded choice among
     PARAPHRASE_INSTRUCTIONS, and `reconstruction_per_doc` rows asking for the document itself.
-    target_form "question": one row per QA pair with its question in the prompt, as before issue 11."""
+    target_form "question": one row per QA pair with its question in the prompt, as before issue 11.
+    target_form "reconstruction": only one row per document asking for it word for word (the pretraining
+    phase on documents that are never evaluated; the records then only need to name their documents)."""
     form = stage_cfg.get("target_form", "official")
-    if form not in ("official", "question"):
-        raise ValueError(f"train.stage1.target_form must be 'official' or 'question', got {form!r}")
+    if form not in ("official", "question", "reconstruction"):
+        raise ValueError(f"train.stage1.target_form must be 'official', 'question' or 'reconstruction', got {form!r}")
     rng = random.Random(seed)
+    if form == "reconstruction":
+        return [{"document": text, "question": RECONSTRUCT_INSTRUCTION, "answer": text, "kind": "instruction",
+                 "max_length": doc_max_length} for text in sorted({_doc_text(r, documents) for r in records})]
     para_len = int(stage_cfg.get("paraphrase_max_length", 48))
     rows: list[dict] = []
     if form == "question":

@@ -120,7 +120,7 @@ def test_stage1_reading_probes_memory_gain_while_training(tiny_lineage, capsys, 
     assert reading.main(["--root", str(root), "--steps", "2", "--every", "1", "--probe-docs", "4", *extra]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["step"] for r in rows[:2]] == [1, 2] and all(r["documents"] == 4 and r["own"] > 0 for r in rows[:2])
-    assert rows[2]["steps"] == 2 and (rows[2]["training_documents"] >= 40 if extra else True)
+    assert rows[2]["steps"] == 2 and (30 <= rows[2]["training_documents"] <= 40 if extra else True)
     assert reading.main(["--root", str(tmp_path)]) == 2
 
 
@@ -143,7 +143,7 @@ def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_pat
                           "--stage2-lr", "1e-4", "--questions", "4"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["phase"] for r in rows] == ["pretrained", "corpus_stage1", "stage2"]
-    assert rows[0]["training_documents"] >= 40 and rows[0]["own"] > 0 and rows[1]["steps"] == 1
+    assert 30 <= rows[0]["training_documents"] <= 40 and rows[0]["own"] > 0 and rows[1]["steps"] == 1
     assert rows[2]["train_compressor"] is False and rows[2]["lr"] == 1e-4
     assert set(rows[2]["oracle_compressed"]) == {"em", "f1", "sub_em"} and "memory_gain" in rows[2]
     assert pretrain.main(["--root", str(tmp_path)]) == 2

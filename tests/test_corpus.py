@@ -113,3 +113,15 @@ def test_jsonl_roundtrip_and_errors(tmp_path):
     path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"x\.jsonl:2"):
         read_jsonl(path)
+
+
+def test_pretraining_documents_are_another_draw_without_the_corpus_titles(corpus):
+    from clara_pipeline.corpus import pretraining_documents
+
+    first = pretraining_documents(200, seed=1)
+    assert first == pretraining_documents(200, seed=1) and 190 <= len(first) <= 200
+    assert len({d["id"] for d in first}) == len(first)
+    titles = {d["title"] for d in first[:20]}
+    kept = pretraining_documents(200, seed=1, exclude_titles=titles)
+    assert len(kept) == len(first) - 20 and not titles & {d["title"] for d in kept}
+    assert pretraining_documents(0, seed=1) == []

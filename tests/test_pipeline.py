@@ -279,3 +279,50 @@ def test_main_job_prints_progress_and_the_headline_not_library_noise(tiny_projec
         mark in line for mark in ("Warning", "WARNING", "it/s]", "Downloading", "Successfully registered",
                                   "Created version", "Telemetry", "Loading weights"))]
     assert not noise, "\n".join(noise[:20])
+
+
+def test_pretraining_documents_flow_into_compressor_checkpoint(tiny_project):
+    """scp.pretraining_documents writes a second encyclopedia none of whose documents is the corpus's, and
+    train.pretrain trains on them (reconstruction only) before stage 1; asked for without documents, the
+    stage says which setting to change before it trains anything."""
+    from clara_pipeline.config import Paths, load_params
+    from clara_pipeline.jsonl import read_jsonl
+    from clara_pipeline.stages import run_stage
+
+    params = load_params(tiny_project / "params.yaml")
+    params["train"]["pretrain"].update(steps=2, batch_size=4)
+    params["train"]["backend"] = "torch"
+    paths = Paths(tiny_project)
+    run_stage("raw_corpus", params, paths)
+    run_stage("scp_data", params, paths)  # scp.pretraining_documents: 0, as shipped
+    with pytest.raises(ValueError, match=r"pretraining.jsonl holds no documents: set scp.pretraining_documents"):
+        run_stage("compressor_checkpoint", params, paths)
+    assert not paths.compressor_checkpoint.exists()
+
+    params["scp"]["pretraining_documents"] = 30
+    written = run_stage("scp_data", params, paths)["pretraining_documents"]
+    corpus = read_jsonl(paths.raw_corpus / "documents.jsonl")
+    pretraining = read_jsonl(paths.scp_data / "pretraining.jsonl")
+    assert 24 <= written == len(pretraining) <= 30  # "about N": the kinds' mix is rounded down
+    assert not {d["title"] for d in pretraining} & {d["title"] for d in corpus}
+    assert not {d["text"] for d in pretraining} & {d["text"] for d in corpus}
+    summary = run_stage("compressor_checkpoint", params, paths)
+    assert summary["pretrain"]["steps"] == 2 and summary["pretrain"]["records"] == written
+    assert summary["stage1"]["fingerprint"] != summary["pretrain"]["fingerprint"]
+
+
+def test_pretraining_source_file_is_checked(tiny_project):
+    from clara_pipeline.config import Paths, load_params
+    from clara_pipeline.stages import run_stage
+
+    params = load_params(tiny_project / "params.yaml")
+    paths = Paths(tiny_project)
+    run_stage("raw_corpus", params, paths)
+    params["scp"]["pretraining_source"] = str(tiny_project / "wiki.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"scp.pretraining_source: .*wiki.jsonl does not exist"):
+        run_stage("scp_data", params, paths)
+    (tiny_project / "wiki.jsonl").write_text('{"id": "w1", "text": "Vell is a river."}\n{"id": "w2"}\n')
+    with pytest.raises(ValueError, match=r'wiki.jsonl: record 2 has no "text"'):
+        run_stage("scp_data", params, paths)
+    (tiny_project / "wiki.jsonl").write_text('{"id": "w1", "text": "Vell is a river."}\n')
+    assert run_stage("scp_data", params, paths)["pretraining_documents"] == 1

@@ -18,6 +18,7 @@ import torch
 
 from clara_pipeline.config import resolve_model_path
 from clara_pipeline.model import ClaraModel
+from clara_pipeline import train as training
 from clara_pipeline.train import _stage_docs, load_deepspeed_config, train_stage
 
 DOCUMENTS = {
@@ -246,3 +247,13 @@ def test_two_processes_under_torchrun_share_one_model(tiny_bert, tmp_path):
     assert ranks[0]["losses"] != ranks[1]["losses"]  # on different rows of the global batch
     assert ranks[0]["logged"] == [0, 1, 2] and ranks[1]["logged"] == []
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step-00000003"
+
+
+def test_reconstruction_target_form_asks_for_each_document_once():
+    docs = {"a": "Ann Berg is a painter.", "b": "Vell is a river."}
+    records = [{"doc_id": "a"}, {"doc_id": "b"}, {"doc_id": "a"}]
+    rows = training.stage1_examples(records, docs, {"target_form": "reconstruction"}, 8, 32, seed=0)
+    assert [(r["document"], r["answer"]) for r in rows] == [(docs["a"], docs["a"]), (docs["b"], docs["b"])]
+    assert {r["question"] for r in rows} == {training.RECONSTRUCT_INSTRUCTION} and {r["max_length"] for r in rows} == {32}
+    with pytest.raises(ValueError, match="target_form must be"):
+        training.stage1_examples(records, docs, {"target_form": "copy"}, 8, 32, seed=0)
