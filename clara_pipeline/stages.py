@@ -229,7 +229,9 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
 
             summary = train_stage(model, "stage1" if stage == "pretrain" else stage, records, docs, stage_cfg,
                                   p["train"], seed=p["seed"], log_fn=log_fn, checkpoint_dir=state_dir / stage,
-                                  depends_on=upstream, log=ctx.log)
+                                  depends_on=upstream, log=ctx.log,
+                                  # stage 2's reconstruction rehearsal reads the pretraining documents, or the corpus's
+                                  reconstruction_documents=(pretraining or documents) if stage == "stage2" else None)
             upstream = summary["fingerprint"]
             summary.pop("losses")  # per-step losses are in MLflow
             summaries[stage] = summary

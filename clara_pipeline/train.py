@@ -448,9 +448,13 @@ def train_stage(
     checkpoint_dir: str | os.PathLike | None = None,
     depends_on: str = "",
     log=print,
+    reconstruction_documents: dict[str, str] | None = None,
 ) -> dict:
     """Train one stage. With `checkpoint_dir`, save every `train.checkpoint_every` steps and at the end, and
-    continue from the latest checkpoint of the same run (a finished one is loaded, not retrained)."""
+    continue from the latest checkpoint of the same run (a finished one is loaded, not retrained).
+
+    reconstruction_documents: for stage 2 with `reconstruction_weight` > 0, the documents whose word-for-word
+    reconstruction rows (`reconstruction_batch_size` per micro-batch) ride along with every batch."""
     if stage not in ("stage1", "stage2", "stage3"):
         raise ValueError(f"unknown stage {stage!r}")
     if not records:
@@ -498,6 +502,18 @@ def train_stage(
     if not data:
         raise ValueError(f"{stage}: no record has {top_k} documents found in `documents`")
 
+    rec_weight = float(stage_cfg.get("reconstruction_weight", 0.0)) if stage == "stage2" else 0.0
+    rec_rows: list[dict] = []
+    if rec_weight > 0:
+        if not reconstruction_documents:
+            raise ValueError("train.stage2.reconstruction_weight > 0 needs documents to reconstruct "
+                             "(scp.pretraining_documents, or the corpus)")
+        rec_rows = stage1_examples([{"doc_id": d} for d in reconstruction_documents], reconstruction_documents,
+                                   {"target_form": "reconstruction"}, model.answer_max_length,
+                                   model.doc_max_length, seed)
+        rec_bs = int(stage_cfg.get("reconstruction_batch_size", max(1, bs // 2)))
+        depends_on += "+reconstruction:" + hashlib.sha256("\0".join(r["document"] for r in rec_rows).encode()).hexdigest()[:16]
+
     mse_weight = float(stage_cfg.get("mse_weight", 0.0))
     if stage == "stage1" and mse_weight > 0:
         # the MSE target of every document, computed once in a fixed order: a resumed run then sees
@@ -529,7 +545,13 @@ def train_stage(
                         kinds=[r["kind"] for r in recs])
         docs = doc_tensor([ids for _, ids in batch])
         if stage == "stage2":
-            return dict(questions=questions, doc_embeddings=docs, answers=answers)
+            out = dict(questions=questions, doc_embeddings=docs, answers=answers)
+            if rec_rows:
+                rows = [rec_rows[i] for i in rec_sampler.next()[rank * rec_bs:(rank + 1) * rec_bs]]
+                out.update(reconstruction_weight=rec_weight, reconstruction=dict(
+                    documents=[r["document"] for r in rows], questions=[r["question"] for r in rows],
+                    answers=[r["answer"] for r in rows], answer_max_length=[r["max_length"] for r in rows]))
+            return out
         return dict(
             questions=questions, candidate_embeddings=docs, answers=answers,
             top_k=top_k, temperature=float(stage_cfg.get("temperature", 0.02)),
@@ -539,6 +561,7 @@ def train_stage(
     rank, world = rank_and_world()
     # every rank draws the same global batch and keeps its own slice (the sampler state is then one thing)
     sampler = _Sampler(len(data), bs * world, rng)
+    rec_sampler = _Sampler(len(rec_rows), rec_bs * world, random.Random(seed + 1)) if rec_rows else None
 
     # ---- resume
     every = int(train_cfg.get("checkpoint_every", 0)) if checkpoint_dir is not None else 0
@@ -550,6 +573,8 @@ def train_stage(
             client = stepper.load(ckpt)
             start, losses = int(client["step"]), list(client["losses"])
             sampler.load_state_dict(client["sampler"])
+            if rec_sampler is not None:
+                rec_sampler.load_state_dict(client["reconstruction_sampler"])
             _set_rng_state(client["rng"])
             resumed_from = start
             log(f"{stage}: resumed from {ckpt} at step {start} of {steps}")
@@ -575,6 +600,8 @@ def train_stage(
             log_fn(step, logged)
         if every and ((step + 1) % every == 0 or step + 1 == steps):
             client = {"step": step + 1, "losses": losses, "sampler": sampler.state_dict(), "rng": _rng_state()}
+            if rec_sampler is not None:
+                client["reconstruction_sampler"] = rec_sampler.state_dict()
             stepper.save(ckpt, f"step-{step + 1:08d}", client, int(train_cfg.get("keep_checkpoints", 2)))
 
     seconds = time.time() - t0
@@ -599,5 +626,6 @@ def train_stage(
         "seconds_per_step": seconds / max(1, steps - start),
         "trainable_params": n_trainable,
         "records": len(data),
+        "reconstruction_records": len(rec_rows),
         "cached_documents": 0 if cache is None else len(cache),
     }

@@ -300,6 +300,7 @@ def test_pretraining_documents_flow_into_compressor_checkpoint(tiny_project):
     assert not paths.compressor_checkpoint.exists()
 
     params["scp"]["pretraining_documents"] = 30
+    params["train"]["stage2"].update(reconstruction_weight=0.5, reconstruction_batch_size=2)
     written = run_stage("scp_data", params, paths)["pretraining_documents"]
     corpus = read_jsonl(paths.raw_corpus / "documents.jsonl")
     pretraining = read_jsonl(paths.scp_data / "pretraining.jsonl")
@@ -309,6 +310,7 @@ def test_pretraining_documents_flow_into_compressor_checkpoint(tiny_project):
     summary = run_stage("compressor_checkpoint", params, paths)
     assert summary["pretrain"]["steps"] == 2 and summary["pretrain"]["records"] == written
     assert summary["stage1"]["fingerprint"] != summary["pretrain"]["fingerprint"]
+    assert summary["stage2"]["reconstruction_records"] == written  # stage 2 rehearses the pretraining documents
 
 
 def test_pretraining_source_file_is_checked(tiny_project):

@@ -257,3 +257,22 @@ def test_reconstruction_target_form_asks_for_each_document_once():
     assert {r["question"] for r in rows} == {training.RECONSTRUCT_INSTRUCTION} and {r["max_length"] for r in rows} == {32}
     with pytest.raises(ValueError, match="target_form must be"):
         training.stage1_examples(records, docs, {"target_form": "copy"}, 8, 32, seed=0)
+
+
+def test_stage2_reconstruction_rehearsal_rides_along(tiny_bert):
+    """reconstruction_weight > 0: every stage-2 batch also asks for documents word for word, and that loss falls."""
+    model = make_model(tiny_bert)
+    logged = []
+    cfg = {"steps": 12, "batch_size": 4, "lr": 3e-3, "top_k": 2, "train_compressor": False, "log_every": 1,
+           "reconstruction_weight": 1.0, "reconstruction_batch_size": 3}
+    summary = train_stage(model, "stage2", retrieval_records(), DOCUMENTS, cfg, {"backend": "torch"}, seed=0,
+                          log_fn=lambda s, m: logged.append(m), reconstruction_documents=DOCUMENTS)
+    assert summary["reconstruction_records"] == len(DOCUMENTS) and len(logged) == 12
+    rec = [m["reconstruction_loss"] for m in logged]
+    assert sum(rec[-3:]) / 3 < rec[0] - 0.5, rec
+    plain = train_stage(make_model(tiny_bert), "stage2", retrieval_records(), DOCUMENTS,
+                        {**cfg, "reconstruction_weight": 0.0, "steps": 1}, {"backend": "torch"}, seed=0,
+                        log_fn=lambda s, m: logged.append(m))
+    assert plain["reconstruction_records"] == 0 and "reconstruction_loss" not in logged[-1]
+    with pytest.raises(ValueError, match="needs documents to reconstruct"):
+        train_stage(model, "stage2", retrieval_records(), DOCUMENTS, cfg, {"backend": "torch"}, seed=0)
