@@ -2,7 +2,8 @@
 encyclopedia, then stage 2 on the run's own questions, then the checkpoint probe on its held-out questions.
 
     .venv/bin/python benchmarks/pretrain_probe.py --root RUN [--pretrain-steps 100] [--stage2-steps 30]
-        [--stage2-frozen-compressor] [--stage2-lr 5e-4] [--corpus-stage1-steps 0] [--mode shared]
+        [--stage2-frozen-compressor] [--stage2-lr 5e-4] [--stage2-reconstruction-weight 0]
+        [--corpus-stage1-steps 0] [--mode shared]
 
 Stage 1 here trains only on rows asking for a document word for word, over ~2,350 documents of a fictional
 encyclopedia drawn with another seed than the run's corpus (``stage1_reading.py --fresh``): none repeats and
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage2-steps", type=int, default=30)
     ap.add_argument("--stage2-lr", type=float, default=None, help="default: train.stage2.lr")
     ap.add_argument("--stage2-frozen-compressor", action="store_true")
+    ap.add_argument("--stage2-reconstruction-weight", type=float, default=0.0,
+                    help="> 0: stage 2 rehearses reconstruction of the pretraining documents with this weight")
     ap.add_argument("--mode", choices=("params", "shared"), default="params")
     ap.add_argument("--questions", type=int, default=150)
     args = ap.parse_args(argv)
@@ -94,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. stage 2 on the run's questions
     stage2 = {**params["train"]["stage2"], "steps": args.stage2_steps,
-              "train_compressor": not args.stage2_frozen_compressor}
+              "train_compressor": not args.stage2_frozen_compressor,
+              "reconstruction_weight": args.stage2_reconstruction_weight}
     if args.stage2_lr is not None:
         stage2["lr"] = args.stage2_lr
     training.train_stage(model, "stage2", read_jsonl(scp / "stage2.jsonl"), own, stage2, train_cfg,
-                         seed=params["seed"], log=quiet)
+                         seed=params["seed"], log=quiet, reconstruction_documents=fresh)
     model.eval()
     out = probe(model, doc_rows, read_jsonl(corpus / "questions_eval.jsonl")[: args.questions])
-    report("stage2", steps=args.stage2_steps, train_compressor=stage2["train_compressor"], lr=stage2["lr"], **out)
+    report("stage2", steps=args.stage2_steps, train_compressor=stage2["train_compressor"], lr=stage2["lr"],
+           reconstruction_weight=args.stage2_reconstruction_weight, **out)
     return 0
 
 
