@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="> 0: stage 2 rehearses reconstruction of the pretraining documents with this weight")
     ap.add_argument("--mode", choices=("params", "shared"), default="params")
     ap.add_argument("--questions", type=int, default=150)
+    ap.add_argument("--save-pretrained", type=Path, default=None,
+                    help="save the model after the pretraining phase here (ClaraModel.save)")
+    ap.add_argument("--from-pretrained", type=Path, default=None,
+                    help="skip the pretraining: load a model --save-pretrained wrote (to try stage-2 recipes)")
     args = ap.parse_args(argv)
 
     corpus, scp = args.root / "artifacts" / "raw_corpus", args.root / "artifacts" / "scp_data"
@@ -74,16 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = ClaraModel.from_params(model_cfg, seed=params["seed"])
     probe_texts = [own[i] for i in sorted(own)[:32]]
 
     # 1. reconstruction on fresh documents (the stage-1 rows of stage1_reading.py --fresh)
     fresh = fresh_documents(args.pretrain_documents, params["seed"] + 1)
-    training.train_stage(model, "stage1", fresh_records(fresh), fresh,
-                         {**params["train"]["stage1"], "steps": args.pretrain_steps, "target_form": "reconstruction"},
-                         train_cfg, seed=params["seed"], log=quiet)
-    model.eval()
-    report("pretrained", training_documents=len(fresh), steps=args.pretrain_steps, **memory_gain(model, probe_texts))
+    if args.from_pretrained is not None:
+        model = ClaraModel.load(args.from_pretrained)
+        report("loaded", model=str(args.from_pretrained), **memory_gain(model, probe_texts))
+    else:
+        model = ClaraModel.from_params(model_cfg, seed=params["seed"])
+        training.train_stage(model, "stage1", fresh_records(fresh), fresh,
+                             {**params["train"]["stage1"], "steps": args.pretrain_steps,
+                              "target_form": "reconstruction"}, train_cfg, seed=params["seed"], log=quiet)
+        model.eval()
+        report("pretrained", training_documents=len(fresh), steps=args.pretrain_steps,
+               **memory_gain(model, probe_texts))
+        if args.save_pretrained is not None:
+            model.save(args.save_pretrained)
     model.train()
 
     # 2. optionally, the run's own stage-1 rows
