@@ -186,8 +186,7 @@ def stage1_examples(records: list[dict], documents: dict[str, str], stage_cfg: d
         raise ValueError(f"train.stage1.target_form must be 'official', 'question' or 'reconstruction', got {form!r}")
     rng = random.Random(seed)
     if form == "reconstruction":
-        return [{"document": text, "question": RECONSTRUCT_INSTRUCTION, "answer": text, "kind": "instruction",
-                 "max_length": doc_max_length} for text in sorted({_doc_text(r, documents) for r in records})]
+        return _reconstruction_rows(records, documents, doc_max_length)
     para_len = int(stage_cfg.get("paraphrase_max_length", 48))
     rows: list[dict] = []
     if form == "question":
@@ -211,10 +210,14 @@ def stage1_examples(records: list[dict], documents: dict[str, str], stage_cfg: d
         rows.append({"document": text, "question": QA_ALL_INSTRUCTION, "answer": lines, "kind": "instruction",
                      "max_length": int(stage_cfg.get("qa_max_length", 128))})
     for _ in range(int(stage_cfg.get("reconstruction_per_doc", 0))):
-        for text in sorted({_doc_text(r, documents) for r in records}):
-            rows.append({"document": text, "question": RECONSTRUCT_INSTRUCTION, "answer": text,
-                         "kind": "instruction", "max_length": doc_max_length})
+        rows.extend(_reconstruction_rows(records, documents, doc_max_length))
     return rows
+
+
+def _reconstruction_rows(records: list[dict], documents: dict[str, str], doc_max_length: int) -> list[dict]:
+    """One row per distinct document of `records`, asking for it word for word, in a fixed order."""
+    return [{"document": text, "question": RECONSTRUCT_INSTRUCTION, "answer": text, "kind": "instruction",
+             "max_length": doc_max_length} for text in sorted({_doc_text(r, documents) for r in records})]
 
 
 class _Sampler:
@@ -508,9 +511,8 @@ def train_stage(
         if not reconstruction_documents:
             raise ValueError("train.stage2.reconstruction_weight > 0 needs documents to reconstruct "
                              "(scp.pretraining_documents, or the corpus)")
-        rec_rows = stage1_examples([{"doc_id": d} for d in reconstruction_documents], reconstruction_documents,
-                                   {"target_form": "reconstruction"}, model.answer_max_length,
-                                   model.doc_max_length, seed)
+        rec_rows = _reconstruction_rows([{"doc_id": d} for d in reconstruction_documents], reconstruction_documents,
+                                        model.doc_max_length)
         rec_bs = int(stage_cfg.get("reconstruction_batch_size", max(1, bs // 2)))
         depends_on += "+reconstruction:" + hashlib.sha256("\0".join(r["document"] for r in rec_rows).encode()).hexdigest()[:16]
 
