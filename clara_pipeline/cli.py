@@ -5,6 +5,7 @@
     clara dvc-yaml [--check]    write dvc.yaml from the stage registry (or check it is current)
     clara ask "question"        answer with the registry's champion (or --model-dir for a local model)
     clara promote VERSION       set an alias by hand (default champion)
+    clara profile NAME          make runs/NAME a project root for configs/profiles/NAME.yaml (make run PROFILE=NAME)
 
 A mistake in what you give (a stage name, a file, a value) is one line on stderr and exit status 2;
 `--debug` (or CLARA_DEBUG=1) shows the traceback instead.
@@ -125,6 +126,14 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from clara_pipeline.config import project_root, write_profile_root
+
+    out = write_profile_root(project_root(), args.name, Path(args.out) if args.out else None)
+    _log(f"wrote {out / 'params.yaml'}; run the lineage there with CLARA_ROOT={out} (make run PROFILE={args.name})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clara", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also: CLARA_DEBUG=1)")
@@ -154,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion", choices=["champion", "challenger"])
     p.add_argument("--model-name", default=None)
     p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("profile", help="make a project root for a profile of configs/profiles/")
+    p.add_argument("name", help="a file name of configs/profiles/ without .yaml, e.g. quality")
+    p.add_argument("--out", default=None, help="the root to write (default runs/NAME)")
+    p.set_defaults(func=cmd_profile)
     return parser
 
 

@@ -103,3 +103,50 @@ def resolve_model_path(spec: str | None) -> str | None:
             f"model path {spec!r} (from params.yaml) does not exist; give a local Hugging Face model folder"
         )
     return str(path.resolve())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Profiles: a named set of overrides of params.yaml (configs/profiles/NAME.yaml), run in a root of its own so
+# that its artifacts, MLflow store and Dagster runs never mix with the default's.
+
+
+def apply_overrides(params: dict, overrides: dict, source: str = "overrides", _prefix: str = "") -> dict:
+    """``params`` with ``overrides`` merged in, key by key; neither is changed. A key that params.yaml does not
+    set is an error: a typo in a profile would otherwise be a setting nobody reads."""
+    merged = dict(params)
+    for key, value in overrides.items():
+        name = f"{_prefix}{key}"
+        if key not in params:
+            raise ValueError(f"{source}: {name} is not set in params.yaml; check its spelling (an optional setting "
+                             f"that params.yaml leaves commented out must be set there first)")
+        if isinstance(value, dict) and isinstance(params[key], dict):
+            merged[key] = apply_overrides(params[key], value, source, f"{name}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_profile_root(repo: Path, name: str, out: Path | None = None) -> Path:
+    """Make ``out`` (default ``runs/NAME``) a project root for profile NAME: its params.yaml is the repo's with
+    configs/profiles/NAME.yaml merged in; configs/ and the Dagster instance settings come along, so that
+    ``CLARA_ROOT=out`` runs every command of the project there. Artifacts already in ``out`` are kept."""
+    import shutil
+
+    repo = Path(repo)
+    profile = repo / "configs" / "profiles" / f"{name}.yaml"
+    if not profile.is_file():
+        known = sorted(p.stem for p in (repo / "configs" / "profiles").glob("*.yaml"))
+        raise FileNotFoundError(f"{profile}: no such profile; the profiles are {', '.join(known) or 'none'}")
+    overrides = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{profile}: expected a mapping of params.yaml sections, got {type(overrides).__name__}")
+    params = apply_overrides(load_params(repo / "params.yaml"), overrides, str(profile))
+    out = Path(out) if out else repo / "runs" / name
+    (out / "dagster_home").mkdir(parents=True, exist_ok=True)
+    (out / "mlflow").mkdir(exist_ok=True)
+    shutil.copytree(repo / "configs", out / "configs", dirs_exist_ok=True)
+    shutil.copy2(repo / "dagster_home" / "dagster.yaml", out / "dagster_home" / "dagster.yaml")
+    header = (f"# Written by `clara profile {name}`: {repo / 'params.yaml'} with {profile} merged in.\n"
+              f"# Edit those two files and run it again, not this one.\n")
+    (out / "params.yaml").write_text(header + yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return out

@@ -86,3 +86,38 @@ def test_a_corpus_path_mistake_is_one_line(project, capsys, path, expected):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert main(["stage", "raw_corpus"]) == 2
     assert str(project / path) in one_error_line(capsys, expected)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_profile_writes_a_root_whose_params_are_the_defaults_with_the_profile_merged_in(tmp_path, monkeypatch):
+    from clara_pipeline.config import load_params
+
+    monkeypatch.setenv("CLARA_ROOT", str(REPO))
+    assert main(["profile", "quality", "--out", str(tmp_path / "q")]) == 0
+    default, profile = load_params(REPO / "params.yaml"), yaml.safe_load((REPO / "configs/profiles/quality.yaml").read_text())
+    params = load_params(tmp_path / "q" / "params.yaml")
+    assert params["model"]["mode"] == profile["model"]["mode"] != default["model"]["mode"]
+    assert params["train"]["pretrain"]["steps"] == profile["train"]["pretrain"]["steps"]
+    # untouched keys of an overridden section keep the default's values, other sections are the default's
+    assert params["train"]["pretrain"]["lr"] == default["train"]["pretrain"]["lr"]
+    assert params["corpus"] == default["corpus"] and params["benchmark"] == default["benchmark"]
+    # the root runs on its own: DeepSpeed config and Dagster instance settings are there
+    assert (tmp_path / "q" / params["train"]["deepspeed_config"]).is_file()
+    assert (tmp_path / "q" / "dagster_home" / "dagster.yaml").is_file()
+
+
+def test_a_profile_key_params_yaml_does_not_have_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text("{}\n")
+    (tmp_path / "configs" / "profiles").mkdir(parents=True)
+    (tmp_path / "configs" / "profiles" / "typo.yaml").write_text("train:\n  stage2:\n    stpes: 60\n")
+    monkeypatch.setenv("CLARA_ROOT", str(tmp_path))
+    monkeypatch.delenv("CLARA_DEBUG", raising=False)
+    assert main(["profile", "typo"]) == 2
+    one_error_line(capsys, "typo.yaml: train.stage2.stpes is not set in params.yaml")
+    assert main(["profile", "nosuch"]) == 2
+    one_error_line(capsys, "nosuch.yaml: no such profile; the profiles are typo")
+    assert not (tmp_path / "runs").exists()
