@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None)
     p.add_argument("--model-dir", default=None, help="a local clara_model folder instead of the registry")
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="cast the model for inference (default: float32 as trained; bfloat16 is faster on CPUs "
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="cast the model for inference (default: float32 as trained; auto: bfloat16 where native; bfloat16 is faster on CPUs "
                         "with AVX512-BF16/AMX and on GPUs)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)

@@ -275,8 +275,9 @@ class Stepper:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(steps))
         self.backend = train_cfg.get("backend", "deepspeed")
         # train.autocast: run the forward under torch.autocast in this dtype while weights, gradients and the
-        # optimizer stay float32. On this project's CPU (AVX512-BF16) bfloat16 took a SmolLM2 stage-1 step
-        # from ~18-25 s to ~9-11 s (docs/embedded-default.md); "none" or null = plain float32.
+        # optimizer stay float32. On a CPU with AVX512-BF16 bfloat16 took a SmolLM2 stage-1 step from ~18-25 s
+        # to ~9-11 s (docs/embedded-default.md); on an AVX2-only CPU it is hundreds of times slower, so the
+        # default "auto" takes it only where it is native; "none" or null = plain float32.
         self.autocast = autocast_dtype(train_cfg.get("autocast"))
         self.engine = None
         if self.backend == "deepspeed":
@@ -373,7 +374,8 @@ class Stepper:
 
 
 def autocast_dtype(name) -> torch.dtype | None:
-    """params.yaml's train.autocast -> a torch dtype (None, "none" or "float32": no autocast)."""
+    """params.yaml's train.autocast -> a torch dtype (None, "none" or "float32": no autocast; "auto": bfloat16
+    where the machine has it natively, else none)."""
     return None if name in (None, "", "none", "float32") else inference_dtype(name)
 
 

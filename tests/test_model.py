@@ -166,6 +166,20 @@ def test_load_in_bfloat16_for_inference(tiny_bert, tmp_path):
         ClaraModel.load(tmp_path / "ckpt", dtype="int8")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bfloat16_only_where_the_machine_has_it(monkeypatch, native):
+    """params.yaml's "auto" (train.autocast, benchmark.dtype): on an AVX2-only CPU bfloat16 matmuls are hundreds
+    of times slower than float32, so auto must fall back to float32 there, and take bfloat16 where native."""
+    from clara_pipeline import model as model_module
+    from clara_pipeline.train import autocast_dtype
+
+    monkeypatch.setattr(model_module, "fast_bfloat16", lambda: native)
+    want = torch.bfloat16 if native else None
+    assert model_module.inference_dtype("auto") is want and autocast_dtype("auto") is want
+    assert model_module.inference_dtype("bfloat16") is torch.bfloat16  # an explicit choice is kept
+    assert autocast_dtype("none") is None and model_module.inference_dtype(None) is None
+
+
 def test_generate_returns_strings(tiny_bert):
     model = ClaraModel.from_params(separate_cfg(tiny_bert), corpus())
     docs = model.compress(DOCS[:4]).view(2, 2, model.n_mem, -1)

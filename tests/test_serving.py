@@ -231,5 +231,5 @@ def test_clara_dtype_casts_the_served_model(materialised, monkeypatch):
     out = model.predict(pd.DataFrame({"question": [QUESTION]}), params={"k": 2})
     assert isinstance(out["answer"][0], str) and len(out["documents"][0]) == 2
     monkeypatch.setenv("CLARA_DTYPE", "int8")
-    with pytest.raises(Exception, match="dtype 'int8' is not one of float32, bfloat16, float16"):
+    with pytest.raises(Exception, match="dtype 'int8' is not one of auto, float32, bfloat16, float16"):
         mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
