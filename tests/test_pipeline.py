@@ -312,6 +312,11 @@ def test_pretraining_documents_flow_into_compressor_checkpoint(tiny_project):
     assert summary["stage1"]["fingerprint"] != summary["pretrain"]["fingerprint"]
     assert summary["stage2"]["reconstruction_records"] == written  # stage 2 rehearses the pretraining documents
 
+    # stage 1 can be left out (the quality profile does): stage 2 then follows the pretraining directly
+    params["train"]["stage1"]["steps"] = 0
+    summary = run_stage("compressor_checkpoint", params, paths)
+    assert "stage1" not in summary and summary["stage2"]["steps"] == params["train"]["stage2"]["steps"]
+
 
 def test_pretraining_source_file_is_checked(tiny_project):
     from clara_pipeline.config import Paths, load_params
