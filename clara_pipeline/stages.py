@@ -221,10 +221,10 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
                               {**p["train"]["pretrain"], "target_form": "reconstruction"}))
         # steps: 0 leaves a phase out, e.g. stage 1 after a long pretraining (the quality profile: 60 steps of
         # the corpus's own SCP rows there halved QA from the gold memory tokens, docs/embedded-default.md)
-        for stage, *_, stage_cfg in phases:
-            if int(stage_cfg.get("steps", 0) or 0) <= 0:
-                ctx.log(f"compressor_checkpoint: {stage} skipped (train.{stage}.steps is 0)")
-        phases = [ph for ph in phases if int(ph[3].get("steps", 0) or 0) > 0]
+        skipped = [ph[0] for ph in phases if int(ph[3].get("steps", 0) or 0) <= 0]
+        for stage in skipped:
+            ctx.log(f"compressor_checkpoint: {stage} skipped (train.{stage}.steps is 0)")
+        phases = [ph for ph in phases if ph[0] not in skipped]
         for stage, records, docs, stage_cfg in phases:
             ctx.log(f"compressor_checkpoint: {stage} on {len(records)} records")
             step_log = _progress(ctx.log, stage)
