@@ -379,6 +379,16 @@ def autocast_dtype(name) -> torch.dtype | None:
     return None if name in (None, "", "none", "float32") else inference_dtype(name)
 
 
+def precision_note(dtype: torch.dtype | None, setting) -> str:
+    """What a stage trains in, for its log: a user on a CPU without native bfloat16 learns there why it is slower."""
+    if dtype is not None:
+        return f"{str(dtype).replace('torch.', '')} autocast"
+    if setting == "auto" and not torch.cuda.is_available():
+        return ("float32 (train.autocast auto: this CPU has no native bfloat16, so steps take ~1.6x as long as on "
+                "one with AVX512-BF16; make run ~30 min instead of ~18, docs/embedded-default.md)")
+    return "float32"
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -583,6 +593,8 @@ def train_stage(
             resumed_from = start
             log(f"{stage}: resumed from {ckpt} at step {start} of {steps}")
 
+    if rank == 0 and start < steps:
+        log(f"{stage}: {steps - start} steps, forward in {precision_note(stepper.autocast, train_cfg.get('autocast'))}")
     model.train()
     log_every = int(stage_cfg.get("log_every", max(1, min(10, steps // 30))))
     rank0 = rank == 0

@@ -178,6 +178,13 @@ def test_auto_dtype_is_bfloat16_only_where_the_machine_has_it(monkeypatch, nativ
     assert model_module.inference_dtype("auto") is want and autocast_dtype("auto") is want
     assert model_module.inference_dtype("bfloat16") is torch.bfloat16  # an explicit choice is kept
     assert autocast_dtype("none") is None and model_module.inference_dtype(None) is None
+    # the stage log says what it trains in, and on a CPU where auto fell back, why it is slower
+    from clara_pipeline.train import precision_note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    note = precision_note(autocast_dtype("auto"), "auto")
+    assert note == "bfloat16 autocast" if native else ("no native bfloat16" in note and note.startswith("float32"))
+    assert precision_note(None, "none") == "float32"
 
 
 def test_generate_returns_strings(tiny_bert):
