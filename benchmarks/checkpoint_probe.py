@@ -6,6 +6,8 @@
 On the project's held-out questions (artifacts/raw_corpus) it prints, as one JSON line:
 - ``R@5``: gold recall of the model's query reasoner over every document, compressed by the model itself;
 - ``oracle_compressed``: EM / F1 / sub-EM answering from the gold documents' memory tokens only;
+- ``oracle_compressed_top5``: the same from the benchmark report's oracle lists (the gold documents filled up
+  to 5 with BM25's hits, shuffled, ``benchmark.oracle_lists``), so that what the distractors cost shows;
 - ``closed_book``: the same model with no documents. A model that reads its memory tokens scores well above
   closed book; one that does not scores the same;
 - F1 of ``oracle_compressed`` per question type;
@@ -30,9 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from clara_pipeline.benchmark import oracle_lists  # noqa: E402
 from clara_pipeline.jsonl import read_jsonl  # noqa: E402
 from clara_pipeline.metrics import qa_scores, recall_at_k  # noqa: E402
 from clara_pipeline.model import ClaraModel  # noqa: E402
+from clara_pipeline.retrieval import BM25Retriever  # noqa: E402
 from clara_pipeline.train import RECONSTRUCT_INSTRUCTION  # noqa: E402
 
 
@@ -62,7 +66,8 @@ def memory_gain(model: ClaraModel, texts: list[str], batch_size: int = 16) -> di
     return {"own": round(own, 3), "other": round(other, 3), "gain": round(other - own, 3), "documents": len(texts)}
 
 
-def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_new_tokens: int = 12) -> dict:
+def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_new_tokens: int = 12,
+          seed: int = 0) -> dict:
     ids = [d["id"] for d in documents]
     row = {d: i for i, d in enumerate(ids)}
     vectors = model.compress([d["text"] for d in documents])
@@ -77,11 +82,16 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
     texts = [q["question"] for q in questions]
     oracle = model.answer(texts, gold, max_new_tokens=max_new_tokens)
     closed = model.answer(texts, None, max_new_tokens=max_new_tokens)
+    bm25 = [[d for d, _ in hits] for hits in BM25Retriever(documents).search(texts, min(20, len(ids)))]
+    top5 = oracle_lists([q["gold_doc_ids"] for q in questions], bm25, min(5, len(ids)), seed)
+    oracle5 = model.answer(texts, torch.stack([vectors[[row[d] for d in lst]] for lst in top5]),
+                           max_new_tokens=max_new_tokens)
     by_type: dict[str, list[float]] = {}
     for p, q in zip(oracle, questions):
         by_type.setdefault(q.get("type", "all"), []).append(qa_scores(p, q["answers"])["f1"])
     gold_texts = [documents[row[d]]["text"] for d in dict.fromkeys(g for q in questions for g in q["gold_doc_ids"])]
     return {"R@5": round(recall / len(questions), 3), "oracle_compressed": _mean_scores(oracle, questions),
+            "oracle_compressed_top5": _mean_scores(oracle5, questions),
             "memory_gain": memory_gain(model, gold_texts[:64]),
             "closed_book": _mean_scores(closed, questions),
             "oracle_compressed_f1_by_type": {t: round(sum(v) / len(v), 3) for t, v in sorted(by_type.items())},

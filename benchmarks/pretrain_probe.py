@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="save the model after the pretraining phase here (ClaraModel.save)")
     ap.add_argument("--from-pretrained", type=Path, default=None,
                     help="skip the pretraining: load a model --save-pretrained wrote (to try stage-2 recipes)")
+    ap.add_argument("--verbose", action="store_true", help="print the training log to stderr")
     args = ap.parse_args(argv)
 
     corpus, scp = args.root / "artifacts" / "raw_corpus", args.root / "artifacts" / "scp_data"
@@ -69,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     doc_rows = read_jsonl(corpus / "documents.jsonl")
     own = {d["id"]: d["text"] for d in doc_rows}
     train_cfg = {**params["train"], "backend": "torch", "checkpoint_every": 0}
-    quiet = lambda message: None  # noqa: E731
+    # the training log goes to stderr (progress of a run that takes an hour); stdout keeps one JSON line per phase
+    progress = (lambda message: print(message, file=sys.stderr, flush=True)) if args.verbose else (lambda message: None)  # noqa: E731
+
+    def steps(step: int, metrics: dict) -> None:
+        if step % 25 == 0:
+            progress(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                   if isinstance(v, (int, float))))
     started = time.perf_counter()
 
     def report(phase: str, **extra) -> None:
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         model = ClaraModel.from_params(model_cfg, seed=params["seed"])
         training.train_stage(model, "stage1", fresh_records(fresh), fresh,
                              {**params["train"]["stage1"], "steps": args.pretrain_steps,
-                              "target_form": "reconstruction"}, train_cfg, seed=params["seed"], log=quiet)
+                              "target_form": "reconstruction"}, train_cfg, seed=params["seed"], log=progress,
+                             log_fn=steps)
         model.eval()
         report("pretrained", training_documents=len(fresh), steps=args.pretrain_steps,
                **memory_gain(model, probe_texts))
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.corpus_stage1_steps:
         training.train_stage(model, "stage1", read_jsonl(scp / "stage1.jsonl"), own,
                              {**params["train"]["stage1"], "steps": args.corpus_stage1_steps}, train_cfg,
-                             seed=params["seed"], log=quiet)
+                             seed=params["seed"], log=progress, log_fn=steps)
         model.eval()
         report("corpus_stage1", steps=args.corpus_stage1_steps, **memory_gain(model, probe_texts))
         model.train()
@@ -113,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage2_lr is not None:
         stage2["lr"] = args.stage2_lr
     training.train_stage(model, "stage2", read_jsonl(scp / "stage2.jsonl"), own, stage2, train_cfg,
-                         seed=params["seed"], log=quiet, reconstruction_documents=fresh)
+                         seed=params["seed"], log=progress, log_fn=steps,
+                         reconstruction_documents=fresh)
     model.eval()
     out = probe(model, doc_rows, read_jsonl(corpus / "questions_eval.jsonl")[: args.questions])
     report("stage2", steps=args.stage2_steps, train_compressor=stage2["train_compressor"], lr=stage2["lr"],
