@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     own = {d["id"]: d["text"] for d in doc_rows}
     train_cfg = {**params["train"], "backend": "torch", "checkpoint_every": 0}
     # the training log goes to stderr (progress of a run that takes an hour); stdout keeps one JSON line per phase
-    progress = (lambda message: print(message, file=sys.stderr, flush=True)) if args.verbose else (lambda message: None)  # noqa: E731
+    def progress(message: str) -> None:
+        if args.verbose:
+            print(message, file=sys.stderr, flush=True)
 
     def steps(step: int, metrics: dict) -> None:
         if step % 25 == 0:

@@ -385,7 +385,7 @@ def precision_note(dtype: torch.dtype | None, setting) -> str:
         return f"{str(dtype).replace('torch.', '')} autocast"
     if setting == "auto" and not torch.cuda.is_available():
         return ("float32 (train.autocast auto: this CPU has no native bfloat16, so steps take ~1.6x as long as on "
-                "one with AVX512-BF16; make run ~30 min instead of ~18, docs/embedded-default.md)")
+                "one with AVX512-BF16, docs/embedded-default.md)")
     return "float32"
 
 
