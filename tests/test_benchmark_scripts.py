@@ -150,12 +150,16 @@ def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_pat
     assert 30 <= rows[0]["training_documents"] <= 40 and rows[0]["own"] > 0 and rows[1]["steps"] == 1
     assert rows[2]["train_compressor"] is False and rows[2]["lr"] == 1e-4 and rows[2]["reconstruction_weight"] == 0.5
     assert set(rows[2]["oracle_compressed"]) == {"em", "f1", "sub_em"} and "memory_gain" in rows[2]
-    # the saved pretrained model comes back as it was, to try another stage-2 recipe without pretraining again
+    # the saved pretrained model comes back as it was (to try another stage-2 recipe without pretraining
+    # again), and --pretrain-steps continues its pretraining on a fresh schedule
     assert pretrain.main(["--root", str(root), "--from-pretrained", str(tmp_path / "pre"), "--pretrain-documents",
-                          "40", "--stage2-steps", "1", "--questions", "4"]) == 0
+                          "40", "--pretrain-steps", "1", "--pretrain-lr", "2e-4", "--stage2-steps", "1",
+                          "--questions", "4"]) == 0
     again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["phase"] for r in again] == ["loaded", "stage2"]
-    assert abs(again[0]["own"] - rows[0]["own"]) < 1e-3 and again[1]["train_compressor"] is True
+    assert [r["phase"] for r in again] == ["loaded", "pretrained", "stage2"]
+    assert abs(again[0]["own"] - rows[0]["own"]) < 1e-3 and again[2]["train_compressor"] is True
+    assert again[1]["continued_from"] == str(tmp_path / "pre") and again[1]["lr"] == 2e-4
+    assert again[1]["steps"] == 1 and again[1]["own"] != again[0]["own"]  # it trained
     assert pretrain.main(["--root", str(tmp_path)]) == 2
     assert "run the lineage first" in capsys.readouterr().err
 
