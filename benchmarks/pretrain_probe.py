@@ -2,21 +2,23 @@
 encyclopedia, then stage 2 on the run's own questions, then the checkpoint probe on its held-out questions.
 
     .venv/bin/python benchmarks/pretrain_probe.py --root RUN [--pretrain-steps 100] [--stage2-steps 30]
-        [--save-pretrained DIR | --from-pretrained DIR [--pretrain-steps N --pretrain-lr L]]
+        [--pretrain-targets scp] [--save-pretrained DIR | --from-pretrained DIR [--pretrain-steps N --pretrain-lr L]]
         [--stage2-frozen-compressor] [--stage2-lr 5e-4] [--stage2-reconstruction-weight 0]
         [--corpus-stage1-steps 0] [--mode shared]
 
-Stage 1 here trains only on rows asking for a document word for word, over ~2,350 documents of a fictional
-encyclopedia drawn with another seed than the run's corpus (``stage1_reading.py --fresh``): none repeats and
-none is evaluated, so the loss can only fall by reading the memory tokens. ``--corpus-stage1-steps N`` adds
-N steps of the run's own official stage-1 rows after it. Stage 2 then trains on the run's stage-2 records
-(``train.stage2`` of RUN/params.yaml, with the overrides given), and ``checkpoint_probe.probe`` measures
-full-index R@5, QA from the gold documents' memory tokens against closed book, and the memory gain on the
-run's documents. ``--mode shared`` builds the one-backbone layout on ``embedded-smollm2`` whatever RUN's
-params say. ``--save-pretrained DIR`` keeps the pretrained model; ``--from-pretrained DIR`` starts from it
-(and continues its pretraining with ``--pretrain-steps N``). Nothing else is saved. One JSON line per phase, the probe last. About 20 minutes with the
-defaults on 2 CPU cores (shared layout: ~6.8 s a pretraining step, ~13 s a stage-2 step that trains the
-compressor, ~3 s one that does not).
+Pretraining here trains only on rows asking for a document word for word, over ~2,350 documents of a
+fictional encyclopedia drawn with another seed than the run's corpus (``stage1_reading.py --fresh``): none
+repeats and none is evaluated, so the loss can only fall by reading the memory tokens. ``--pretrain-targets
+scp`` trains on SCP rows of those documents instead, as the paper pretrains (the offline synthesizer's QA
+pairs and paraphrases in the official form, plus one reconstruction row each). ``--corpus-stage1-steps N``
+adds N steps of the run's own official stage-1 rows after it. Stage 2 then trains on the run's stage-2
+records (``train.stage2`` of RUN/params.yaml, with the overrides given), and ``checkpoint_probe.probe``
+measures full-index R@5, QA from the gold documents' memory tokens against closed book, and the memory gain
+on the run's documents. ``--mode shared`` builds the one-backbone layout on ``embedded-smollm2`` whatever
+RUN's params say. ``--save-pretrained DIR`` keeps the pretrained model; ``--from-pretrained DIR`` starts
+from it (and continues its pretraining with ``--pretrain-steps N``). Nothing else is saved. One JSON line
+per phase, the probe last. About 20 minutes with the defaults on 2 CPU cores (shared layout: ~6.8 s a
+pretraining step, ~13 s a stage-2 step that trains the compressor, ~3 s one that does not).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from stage1_reading import fresh_documents, fresh_records  # noqa: E402
 
 from clara_pipeline import train as training  # noqa: E402
 from clara_pipeline.config import load_params  # noqa: E402
+from clara_pipeline.corpus import pretraining_documents  # noqa: E402
 from clara_pipeline.jsonl import read_jsonl  # noqa: E402
 from clara_pipeline.model import ClaraModel  # noqa: E402
+from clara_pipeline.synthesis import OfflineSynthesizer, build_stage1_records  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help="default 100; with --from-pretrained, 0 (give N to continue its pretraining N more steps)")
     ap.add_argument("--pretrain-lr", type=float, default=None, help="default: train.stage1.lr")
+    ap.add_argument("--pretrain-targets", choices=("reconstruction", "scp"), default="reconstruction",
+                    help="scp: SCP on the fresh documents, as the paper pretrains: the offline synthesizer's QA "
+                         "pairs and paraphrases in the official form, plus one reconstruction row per document")
     ap.add_argument("--pretrain-documents", type=int, default=2350)
     ap.add_argument("--corpus-stage1-steps", type=int, default=0)
     ap.add_argument("--stage2-steps", type=int, default=30)
@@ -105,13 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     if pretrain_steps:
         # a loaded model continues with a fresh schedule (warm-up, then decay) over the same documents
         pretrain_cfg = {**params["train"]["stage1"], "steps": pretrain_steps, "target_form": "reconstruction"}
+        records = fresh_records(fresh)
+        if args.pretrain_targets == "scp":
+            # the documents never repeat, so answering about them can only be learnt by reading; the
+            # reconstruction row keeps the word-for-word reading the QA rows alone would not ask for
+            records, _ = build_stage1_records(pretraining_documents(args.pretrain_documents, params["seed"] + 1),
+                                              OfflineSynthesizer(seed=params["seed"]), params["scp"]["max_qa_per_doc"],
+                                              params["scp"]["paraphrases_per_doc"])
+            pretrain_cfg.update(target_form="official", reconstruction_per_doc=1)
         if args.pretrain_lr is not None:
             pretrain_cfg["lr"] = args.pretrain_lr
         model.train()
-        training.train_stage(model, "stage1", fresh_records(fresh), fresh, pretrain_cfg, train_cfg,
+        training.train_stage(model, "stage1", records, fresh, pretrain_cfg, train_cfg,
                              seed=params["seed"], log=progress, log_fn=steps)
         model.eval()
         report("pretrained", training_documents=len(fresh), steps=pretrain_steps, lr=pretrain_cfg["lr"],
+               targets=args.pretrain_targets,
                continued_from=None if args.from_pretrained is None else str(args.from_pretrained),
                **memory_gain(model, probe_texts))
         if args.save_pretrained is not None:

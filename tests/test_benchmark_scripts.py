@@ -153,12 +153,14 @@ def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_pat
     # the saved pretrained model comes back as it was (to try another stage-2 recipe without pretraining
     # again), and --pretrain-steps continues its pretraining on a fresh schedule
     assert pretrain.main(["--root", str(root), "--from-pretrained", str(tmp_path / "pre"), "--pretrain-documents",
-                          "40", "--pretrain-steps", "1", "--pretrain-lr", "2e-4", "--stage2-steps", "1",
+                          "40", "--pretrain-steps", "1", "--pretrain-lr", "2e-4", "--pretrain-targets", "scp",
+                          "--stage2-steps", "1",
                           "--questions", "4"]) == 0
     again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["phase"] for r in again] == ["loaded", "pretrained", "stage2"]
     assert abs(again[0]["own"] - rows[0]["own"]) < 1e-3 and again[2]["train_compressor"] is True
     assert again[1]["continued_from"] == str(tmp_path / "pre") and again[1]["lr"] == 2e-4
+    assert rows[0]["targets"] == "reconstruction" and again[1]["targets"] == "scp"
     assert again[1]["steps"] == 1 and again[1]["own"] != again[0]["own"]  # it trained
     assert pretrain.main(["--root", str(tmp_path)]) == 2
     assert "run the lineage first" in capsys.readouterr().err
