@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checkpoint_probe import memory_gain, probe  # noqa: E402
-from stage1_reading import fresh_documents, fresh_records  # noqa: E402
+from stage1_reading import fresh_records  # noqa: E402
 
 from clara_pipeline import train as training  # noqa: E402
 from clara_pipeline.config import load_params  # noqa: E402
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     probe_texts = [own[i] for i in sorted(own)[:32]]
 
-    # 1. reconstruction on fresh documents (the stage-1 rows of stage1_reading.py --fresh)
-    fresh = fresh_documents(args.pretrain_documents, params["seed"] + 1)
+    # 1. pretraining on fresh documents (reconstruction: the stage-1 rows of stage1_reading.py --fresh)
+    fresh_docs = pretraining_documents(args.pretrain_documents, params["seed"] + 1)
+    fresh = {d["id"]: d["text"] for d in fresh_docs}
     pretrain_steps = args.pretrain_steps if args.pretrain_steps is not None else (
         0 if args.from_pretrained is not None else 100)
     if args.from_pretrained is not None:
@@ -116,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.pretrain_targets == "scp":
             # the documents never repeat, so answering about them can only be learnt by reading; the
             # reconstruction row keeps the word-for-word reading the QA rows alone would not ask for
-            records, _ = build_stage1_records(pretraining_documents(args.pretrain_documents, params["seed"] + 1),
-                                              OfflineSynthesizer(seed=params["seed"]), params["scp"]["max_qa_per_doc"],
-                                              params["scp"]["paraphrases_per_doc"])
+            records, _ = build_stage1_records(fresh_docs, OfflineSynthesizer(seed=params["seed"]),
+                                              params["scp"]["max_qa_per_doc"], params["scp"]["paraphrases_per_doc"])
             pretrain_cfg.update(target_form="official", reconstruction_per_doc=1)
         if args.pretrain_lr is not None:
             pretrain_cfg["lr"] = args.pretrain_lr

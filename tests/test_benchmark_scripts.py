@@ -154,8 +154,7 @@ def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_pat
     # again), and --pretrain-steps continues its pretraining on a fresh schedule
     assert pretrain.main(["--root", str(root), "--from-pretrained", str(tmp_path / "pre"), "--pretrain-documents",
                           "40", "--pretrain-steps", "1", "--pretrain-lr", "2e-4", "--pretrain-targets", "scp",
-                          "--stage2-steps", "1",
-                          "--questions", "4"]) == 0
+                          "--stage2-steps", "1", "--questions", "4"]) == 0
     again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["phase"] for r in again] == ["loaded", "pretrained", "stage2"]
     assert abs(again[0]["own"] - rows[0]["own"]) < 1e-3 and again[2]["train_compressor"] is True
