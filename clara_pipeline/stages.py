@@ -98,6 +98,10 @@ def run_scp_data(ctx: StageContext) -> dict:
     from clara_pipeline.synthesis import build_stage1_records, make_synthesizer
 
     cfg = ctx.params["scp"]
+    pretraining_targets = cfg.get("pretraining_targets", "reconstruction") or "reconstruction"
+    if pretraining_targets not in ("reconstruction", "scp"):
+        raise ValueError(f"params.yaml: scp.pretraining_targets must be 'reconstruction' or 'scp', "
+                         f"got {pretraining_targets!r}")
     corpus = ctx.paths.raw_corpus
     documents = read_jsonl(corpus / "documents.jsonl")
     questions = read_jsonl(corpus / "questions_train.jsonl")
@@ -131,13 +135,24 @@ def run_scp_data(ctx: StageContext) -> dict:
     cand_stats.update(retriever=cfg.get("retriever", "bm25"), synthetic_questions=synthetic,
                       questions_without_answer=sum(1 for q in questions if not q.get("answers")))
     pretraining = _pretraining_documents(cfg, documents, ctx.params["seed"])
+    pretraining_scp: list[dict] = []
+    if pretraining and pretraining_targets == "scp":
+        # The paper's SCP pretraining: QA pairs and paraphrases of documents that are never evaluated. None of
+        # them repeats, so answering from their memory tokens can only be learnt by reading them.
+        pre_synth = make_synthesizer(cfg, ctx.params["seed"], cache_dir=ctx.paths.artifacts / ".cache" / "scp")
+        ctx.log(f"scp_data: SCP rows for {len(pretraining)} pretraining documents ({pre_synth.name})")
+        pretraining_scp, _ = build_stage1_records(pretraining, pre_synth, cfg["max_qa_per_doc"],
+                                                  cfg["paraphrases_per_doc"], log=ctx.log)
     out = ctx.paths.scp_data
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "stage1.jsonl", stage1)
     write_jsonl(out / "stage2.jsonl", stage2)
     write_jsonl(out / "pretraining.jsonl", pretraining)
+    # written empty under `reconstruction`, so a switch back never leaves the last run's rows behind
+    write_jsonl(out / "pretraining_scp.jsonl", pretraining_scp)
     summary = {"path": str(out), "synthesizer": synth_name, "prompt_version": prompt_version,
-               "stage1": stage1_stats, "candidates": cand_stats, "pretraining_documents": len(pretraining)}
+               "stage1": stage1_stats, "candidates": cand_stats, "pretraining_documents": len(pretraining),
+               "pretraining_targets": pretraining_targets, "pretraining_scp_records": len(pretraining_scp)}
     with tracking.stage_run(ctx.paths.root, "scp_data", {"seed": ctx.params["seed"], "scp": cfg}) as run:
         run.log_metrics(summary["stage1"], prefix="stage1.")
         run.log_metrics(summary["candidates"], prefix="candidates.")
@@ -199,15 +214,18 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
     stage2 = read_jsonl(ctx.paths.scp_data / "stage2.jsonl")
     pretrain_steps = int(p["train"].get("pretrain", {}).get("steps", 0) or 0)
     pretraining: dict[str, str] = {}
+    pretraining_scp: list[dict] = []
     if pretrain_steps:
         pre_path = ctx.paths.scp_data / "pretraining.jsonl"
         pretraining = {d["id"]: d["text"] for d in (read_jsonl(pre_path) if pre_path.is_file() else [])}
         if not pretraining:
             raise ValueError(f"train.pretrain.steps is {pretrain_steps} but {pre_path} holds no documents: set "
                              "scp.pretraining_documents (and rerun scp_data), or train.pretrain.steps: 0")
+        scp_path = ctx.paths.scp_data / "pretraining_scp.jsonl"
+        pretraining_scp = read_jsonl(scp_path) if scp_path.is_file() else []
     # The embedded generator's tokenizer is learnt from the text it will have to read and write.
     tokenizer_texts = (list(documents.values()) + list(pretraining.values()) + [r["question"] for r in stage2]
-                       + [r["answer"] for r in stage1])
+                       + [r["answer"] for r in stage1 + pretraining_scp])
     out = ctx.paths.compressor_checkpoint
     state_dir = _train_state_dir(ctx.paths, "compressor_checkpoint")
     with tracking.stage_run(ctx.paths.root, "compressor_checkpoint",
@@ -215,7 +233,12 @@ def run_compressor_checkpoint(ctx: StageContext) -> dict:
         model = ClaraModel.from_params(p["model"], corpus_texts=tokenizer_texts, seed=p["seed"])
         summaries, upstream = {}, ""
         phases = [("stage1", stage1, documents, p["train"]["stage1"]), ("stage2", stage2, documents, p["train"]["stage2"])]
-        if pretrain_steps:
+        if pretrain_steps and pretraining_scp:
+            # reading first, on documents that are never evaluated: their SCP rows (scp.pretraining_targets: scp;
+            # all QA pairs, a paraphrase) plus `reconstruction_per_doc` rows asking for each word for word
+            phases.insert(0, ("pretrain", pretraining_scp, pretraining,
+                              {"reconstruction_per_doc": 1, **p["train"]["pretrain"], "target_form": "official"}))
+        elif pretrain_steps:
             # reading first: the memory tokens of documents that are never evaluated, reconstructed word for word
             phases.insert(0, ("pretrain", [{"doc_id": d} for d in pretraining], pretraining,
                               {**p["train"]["pretrain"], "target_form": "reconstruction"}))

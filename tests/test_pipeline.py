@@ -283,8 +283,8 @@ def test_main_job_prints_progress_and_the_headline_not_library_noise(tiny_projec
 
 def test_pretraining_documents_flow_into_compressor_checkpoint(tiny_project):
     """scp.pretraining_documents writes a second encyclopedia none of whose documents is the corpus's, and
-    train.pretrain trains on them (reconstruction only) before stage 1; asked for without documents, the
-    stage says which setting to change before it trains anything."""
+    train.pretrain trains on them before stage 1 (reconstruction, or their SCP rows); asked for without
+    documents, the stage says which setting to change before it trains anything."""
     from clara_pipeline.config import Paths, load_params
     from clara_pipeline.jsonl import read_jsonl
     from clara_pipeline.stages import run_stage
@@ -312,10 +312,29 @@ def test_pretraining_documents_flow_into_compressor_checkpoint(tiny_project):
     assert summary["stage1"]["fingerprint"] != summary["pretrain"]["fingerprint"]
     assert summary["stage2"]["reconstruction_records"] == written  # stage 2 rehearses the pretraining documents
 
-    # stage 1 can be left out (the quality profile does): stage 2 then follows the pretraining directly
+    # stage 1 can be left out (the quality profile does): stage 2 then follows the pretraining directly; and
+    # scp.pretraining_targets: scp pretrains on the synthesizer's QA pairs and paraphrases of the pretraining
+    # documents, in the official form, plus one reconstruction row per document
     params["train"]["stage1"]["steps"] = 0
+    params["scp"]["pretraining_targets"] = "scp"
+    assert run_stage("scp_data", params, paths)["pretraining_scp_records"] > written
+    rows = read_jsonl(paths.scp_data / "pretraining_scp.jsonl")
+    assert {r["doc_id"] for r in rows} <= {d["id"] for d in pretraining}
+    assert {r["data_type"] for r in rows} == {"qa", "paraphrase"}
     summary = run_stage("compressor_checkpoint", params, paths)
     assert "stage1" not in summary and summary["stage2"]["steps"] == params["train"]["stage2"]["steps"]
+    with_qa = {r["doc_id"] for r in rows if r["data_type"] == "qa"}
+    paraphrases = sum(r["data_type"] == "paraphrase" for r in rows)
+    assert summary["pretrain"]["records"] == len(with_qa) + paraphrases + written
+
+    # back to reconstruction leaves no SCP rows behind; a wrong value is named before anything is rewritten
+    params["scp"]["pretraining_targets"] = "reconstruction"
+    assert run_stage("scp_data", params, paths)["pretraining_scp_records"] == 0
+    assert read_jsonl(paths.scp_data / "pretraining_scp.jsonl") == []
+    params["scp"]["pretraining_targets"] = "qa"
+    with pytest.raises(ValueError, match=r"scp.pretraining_targets must be 'reconstruction' or 'scp', got 'qa'"):
+        run_stage("scp_data", params, paths)
+    assert len(read_jsonl(paths.scp_data / "pretraining.jsonl")) == written
 
 
 def test_pretraining_source_file_is_checked(tiny_project):
