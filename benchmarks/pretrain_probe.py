@@ -4,7 +4,7 @@ encyclopedia, then stage 2 on the run's own questions, then the checkpoint probe
     .venv/bin/python benchmarks/pretrain_probe.py --root RUN [--pretrain-steps 100] [--stage2-steps 30]
         [--pretrain-targets scp] [--save-pretrained DIR | --from-pretrained DIR [--pretrain-steps N --pretrain-lr L]]
         [--stage2-frozen-compressor] [--stage2-lr 5e-4] [--stage2-reconstruction-weight 0]
-        [--corpus-stage1-steps 0] [--mode shared]
+        [--stage2-fresh-questions 0] [--corpus-stage1-steps 0] [--mode shared]
 
 Pretraining here trains only on rows asking for a document word for word, over ~2,350 documents of a
 fictional encyclopedia drawn with another seed than the run's corpus (``stage1_reading.py --fresh``): none
@@ -12,7 +12,8 @@ repeats and none is evaluated, so the loss can only fall by reading the memory t
 scp`` trains on SCP rows of those documents instead, as the paper pretrains (the offline synthesizer's QA
 pairs and paraphrases in the official form, plus one reconstruction row each). ``--corpus-stage1-steps N``
 adds N steps of the run's own official stage-1 rows after it. Stage 2 then trains on the run's stage-2
-records (``train.stage2`` of RUN/params.yaml, with the overrides given), and ``checkpoint_probe.probe``
+records (``train.stage2`` of RUN/params.yaml, with the overrides given; ``--stage2-fresh-questions N`` adds N
+questions about fresh documents, which it cannot learn by heart), and ``checkpoint_probe.probe``
 measures full-index R@5, QA from the gold documents' memory tokens against closed book, and the memory gain
 on the run's documents. ``--mode shared`` builds the one-backbone layout on ``embedded-smollm2`` whatever
 RUN's params say. ``--save-pretrained DIR`` keeps the pretrained model; ``--from-pretrained DIR`` starts
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus-stage1-steps", type=int, default=0)
     ap.add_argument("--stage2-steps", type=int, default=30)
     ap.add_argument("--stage2-lr", type=float, default=None, help="default: train.stage2.lr")
+    ap.add_argument("--stage2-fresh-questions", type=int, default=0,
+                    help="N > 0: stage 2 also trains on N questions about the fresh documents (the offline "
+                         "synthesizer's first QA pair of N of them, BM25 negatives from the fresh documents), "
+                         "which it cannot answer by heart")
     ap.add_argument("--stage2-frozen-compressor", action="store_true")
     ap.add_argument("--stage2-reconstruction-weight", type=float, default=0.0,
                     help="> 0: stage 2 rehearses reconstruction of the pretraining documents with this weight")
@@ -149,14 +154,40 @@ def main(argv: list[str] | None = None) -> int:
               "reconstruction_weight": args.stage2_reconstruction_weight}
     if args.stage2_lr is not None:
         stage2["lr"] = args.stage2_lr
-    training.train_stage(model, "stage2", read_jsonl(scp / "stage2.jsonl"), own, stage2, train_cfg,
+    stage2_records, stage2_docs = read_jsonl(scp / "stage2.jsonl"), own
+    if args.stage2_fresh_questions:
+        stage2_records = stage2_records + fresh_questions(fresh_docs, args.stage2_fresh_questions, params)
+        stage2_docs = {**own, **fresh}
+    training.train_stage(model, "stage2", stage2_records, stage2_docs, stage2, train_cfg,
                          seed=params["seed"], log=progress, log_fn=steps,
                          reconstruction_documents=fresh)
     model.eval()
     out = probe(model, doc_rows, read_jsonl(corpus / "questions_eval.jsonl")[: args.questions])
     report("stage2", steps=args.stage2_steps, train_compressor=stage2["train_compressor"], lr=stage2["lr"],
+           fresh_questions=args.stage2_fresh_questions,
            reconstruction_weight=args.stage2_reconstruction_weight, **out)
     return 0
+
+
+def fresh_questions(fresh_docs: list[dict], n: int, params: dict) -> list[dict]:
+    """Stage-2 records about n of the fresh documents: one of the offline synthesizer's QA pairs of each (a
+    seeded choice, never the first, "What is known as a writer?", which many documents answer), the document
+    as gold, BM25's hits among the fresh documents as negatives."""
+    import random
+
+    from clara_pipeline.retrieval import build_candidates, make_retriever
+
+    rng = random.Random(params["seed"] + 2)
+    docs = rng.sample(fresh_docs, min(n, len(fresh_docs)))
+    pairs, _ = build_stage1_records(docs, OfflineSynthesizer(seed=params["seed"]), params["scp"]["max_qa_per_doc"], 0)
+    by_doc: dict[str, list[dict]] = {}
+    for r in pairs:
+        by_doc.setdefault(r["doc_id"], []).append(r)
+    rows = [rng.choice(qa[1:] or qa) for qa in by_doc.values()]
+    questions = [{"id": f"fresh-q{i}", "question": r["question"], "answers": [r["answer"]],
+                  "gold_doc_ids": [r["doc_id"]], "type": "fresh"} for i, r in enumerate(rows)]
+    records, _ = build_candidates(questions, make_retriever("bm25", fresh_docs), params["scp"]["candidates"])
+    return records
 
 
 if __name__ == "__main__":

@@ -154,13 +154,24 @@ def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_pat
     # again), and --pretrain-steps continues its pretraining on a fresh schedule
     assert pretrain.main(["--root", str(root), "--from-pretrained", str(tmp_path / "pre"), "--pretrain-documents",
                           "40", "--pretrain-steps", "1", "--pretrain-lr", "2e-4", "--pretrain-targets", "scp",
-                          "--stage2-steps", "1", "--questions", "4"]) == 0
+                          "--stage2-steps", "1", "--stage2-fresh-questions", "4", "--questions", "4"]) == 0
     again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["phase"] for r in again] == ["loaded", "pretrained", "stage2"]
     assert abs(again[0]["own"] - rows[0]["own"]) < 1e-3 and again[2]["train_compressor"] is True
     assert again[1]["continued_from"] == str(tmp_path / "pre") and again[1]["lr"] == 2e-4
     assert rows[0]["targets"] == "reconstruction" and again[1]["targets"] == "scp"
     assert again[1]["steps"] == 1 and again[1]["own"] != again[0]["own"]  # it trained
+    assert rows[2]["fresh_questions"] == 0 and again[2]["fresh_questions"] == 4
+    # the fresh questions: one per document, about it, never the ambiguous "What is known as ...?"
+    from clara_pipeline.corpus import pretraining_documents
+
+    fresh = pretraining_documents(40, 1)
+    asked = pretrain.fresh_questions(fresh, 6, {"seed": 0, "scp": {"max_qa_per_doc": 8, "candidates": 5}})
+    assert len(asked) == 6 and len({r["gold_doc_ids"][0] for r in asked}) == 6
+    texts = {d["id"]: d["text"] for d in fresh}
+    for r in asked:
+        assert r["gold_doc_ids"][0] in r["candidate_doc_ids"] and len(r["candidate_doc_ids"]) == 5
+        assert r["answers"][0] in texts[r["gold_doc_ids"][0]] and not r["question"].startswith("What is known as")
     assert pretrain.main(["--root", str(tmp_path)]) == 2
     assert "run the lineage first" in capsys.readouterr().err
 
