@@ -106,6 +106,7 @@ def run_scp_data(ctx: StageContext) -> dict:
     documents = read_jsonl(corpus / "documents.jsonl")
     questions = read_jsonl(corpus / "questions_train.jsonl")
     shipped = read_jsonl(corpus / "stage1.jsonl") if (corpus / "stage1.jsonl").is_file() else []
+    synth = None
     if shipped:
         # the corpus came with its own SCP data (CLaRa's stage-1 JSONL): train on it as it is
         stage1 = shipped
@@ -138,8 +139,9 @@ def run_scp_data(ctx: StageContext) -> dict:
     pretraining_scp: list[dict] = []
     if pretraining and pretraining_targets == "scp":
         # The paper's SCP pretraining: QA pairs and paraphrases of documents that are never evaluated. None of
-        # them repeats, so answering from their memory tokens can only be learnt by reading them.
-        pre_synth = make_synthesizer(cfg, ctx.params["seed"], cache_dir=ctx.paths.artifacts / ".cache" / "scp")
+        # them repeats, so answering from their memory tokens can only be learnt by reading them. The corpus's
+        # synthesizer is reused (an LLM backend loads its model once).
+        pre_synth = synth or make_synthesizer(cfg, ctx.params["seed"], cache_dir=ctx.paths.artifacts / ".cache" / "scp")
         ctx.log(f"scp_data: SCP rows for {len(pretraining)} pretraining documents ({pre_synth.name})")
         pretraining_scp, _ = build_stage1_records(pretraining, pre_synth, cfg["max_qa_per_doc"],
                                                   cfg["paraphrases_per_doc"], log=ctx.log)
