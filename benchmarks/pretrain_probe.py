@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage2-steps", type=int, default=30)
     ap.add_argument("--stage2-lr", type=float, default=None, help="default: train.stage2.lr")
     ap.add_argument("--stage2-fresh-questions", type=int, default=0,
-                    help="N > 0: stage 2 also trains on N questions about the fresh documents (the offline "
-                         "synthesizer's first QA pair of N of them, BM25 negatives from the fresh documents), "
-                         "which it cannot answer by heart")
+                    help="N > 0: stage 2 also trains on N questions about the fresh documents (one of the "
+                         "offline synthesizer's QA pairs of each of N of them, BM25 negatives from the fresh "
+                         "documents), which it cannot answer by heart")
     ap.add_argument("--stage2-frozen-compressor", action="store_true")
     ap.add_argument("--stage2-reconstruction-weight", type=float, default=0.0,
                     help="> 0: stage 2 rehearses reconstruction of the pretraining documents with this weight")
