@@ -8,6 +8,8 @@ On the project's held-out questions (artifacts/raw_corpus) it prints, as one JSO
 - ``oracle_compressed``: EM / F1 / sub-EM answering from the gold documents' memory tokens only;
 - ``oracle_compressed_top5``: the same from the benchmark report's oracle lists (the gold documents filled up
   to 5 with BM25's hits, shuffled, ``benchmark.oracle_lists``), so that what the distractors cost shows;
+  ``--list-sizes 2,3,5`` answers from lists of each size (``oracle_compressed_top2`` ...), so that how the
+  cost grows with the number of distractors shows;
 - ``closed_book``: the same model with no documents. A model that reads its memory tokens scores well above
   closed book; one that does not scores the same;
 - F1 of ``oracle_compressed`` per question type;
@@ -67,7 +69,7 @@ def memory_gain(model: ClaraModel, texts: list[str], batch_size: int = 16) -> di
 
 
 def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_new_tokens: int = 12,
-          seed: int = 0) -> dict:
+          seed: int = 0, list_sizes: tuple[int, ...] = (5,)) -> dict:
     ids = [d["id"] for d in documents]
     row = {d: i for i, d in enumerate(ids)}
     vectors = model.compress([d["text"] for d in documents])
@@ -83,19 +85,28 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
     oracle = model.answer(texts, gold, max_new_tokens=max_new_tokens)
     closed = model.answer(texts, None, max_new_tokens=max_new_tokens)
     bm25 = [[d for d, _ in hits] for hits in BM25Retriever(documents).search(texts, min(20, len(ids)))]
-    top5 = oracle_lists([q["gold_doc_ids"] for q in questions], bm25, min(5, len(ids)), seed)
-    oracle5 = model.answer(texts, torch.stack([vectors[[row[d] for d in lst]] for lst in top5]),
-                           max_new_tokens=max_new_tokens)
-    by_type: dict[str, list[float]] = {}
-    for p, q in zip(oracle, questions):
-        by_type.setdefault(q.get("type", "all"), []).append(qa_scores(p, q["answers"])["f1"])
+    lists = {}  # list size -> answers from the gold documents filled up to that size with BM25's hits
+    for size in sorted(set(list_sizes)):
+        if size < k:
+            raise ValueError(f"list size {size} is shorter than the longest gold list ({k} documents)")
+        chosen = oracle_lists([q["gold_doc_ids"] for q in questions], bm25, min(size, len(ids)), seed)
+        lists[size] = model.answer(texts, torch.stack([vectors[[row[d] for d in lst]] for lst in chosen]),
+                                   max_new_tokens=max_new_tokens)
+
+    def f1_by_type(preds: list[str]) -> dict:
+        by_type: dict[str, list[float]] = {}
+        for p, q in zip(preds, questions):
+            by_type.setdefault(q.get("type", "all"), []).append(qa_scores(p, q["answers"])["f1"])
+        return {t: round(sum(v) / len(v), 3) for t, v in sorted(by_type.items())}
     gold_texts = [documents[row[d]]["text"] for d in dict.fromkeys(g for q in questions for g in q["gold_doc_ids"])]
-    return {"R@5": round(recall / len(questions), 3), "oracle_compressed": _mean_scores(oracle, questions),
-            "oracle_compressed_top5": _mean_scores(oracle5, questions),
-            "memory_gain": memory_gain(model, gold_texts[:64]),
-            "closed_book": _mean_scores(closed, questions),
-            "oracle_compressed_f1_by_type": {t: round(sum(v) / len(v), 3) for t, v in sorted(by_type.items())},
-            "examples": [[q["question"], q["answers"][0], p] for q, p in list(zip(questions, oracle))[:3]]}
+    out = {"R@5": round(recall / len(questions), 3), "oracle_compressed": _mean_scores(oracle, questions)}
+    out.update({f"oracle_compressed_top{size}": _mean_scores(preds, questions) for size, preds in lists.items()})
+    out.update({"memory_gain": memory_gain(model, gold_texts[:64]),
+                "closed_book": _mean_scores(closed, questions),
+                "oracle_compressed_f1_by_type": f1_by_type(oracle)})
+    out.update({f"oracle_compressed_top{size}_f1_by_type": f1_by_type(preds) for size, preds in lists.items()})
+    out["examples"] = [[q["question"], q["answers"][0], p] for q, p in list(zip(questions, oracle))[:3]]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="default: ROOT/artifacts/compressor_checkpoint")
     ap.add_argument("--questions", type=int, default=150)
     ap.add_argument("--max-new-tokens", type=int, default=12)
+    ap.add_argument("--list-sizes", default="5",
+                    help="comma-separated sizes of the oracle lists to answer from (gold filled up with BM25's hits)")
     args = ap.parse_args(argv)
     corpus = args.root / "artifacts" / "raw_corpus"
     model_dir = args.model or args.root / "artifacts" / "compressor_checkpoint"
@@ -113,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     started = time.perf_counter()
     out = probe(ClaraModel.load(model_dir), read_jsonl(corpus / "documents.jsonl"),
-                read_jsonl(corpus / "questions_eval.jsonl")[: args.questions], args.max_new_tokens)
+                read_jsonl(corpus / "questions_eval.jsonl")[: args.questions], args.max_new_tokens,
+                list_sizes=tuple(int(x) for x in args.list_sizes.split(",")))
     out["model"], out["seconds"] = str(model_dir), round(time.perf_counter() - started, 1)
     print(json.dumps(out))
     return 0

@@ -4,7 +4,7 @@ encyclopedia, then stage 2 on the run's own questions, then the checkpoint probe
     .venv/bin/python benchmarks/pretrain_probe.py --root RUN [--pretrain-steps 100] [--stage2-steps 30]
         [--pretrain-targets scp] [--save-pretrained DIR | --from-pretrained DIR [--pretrain-steps N --pretrain-lr L]]
         [--stage2-frozen-compressor] [--stage2-lr 5e-4] [--stage2-reconstruction-weight 0]
-        [--stage2-fresh-questions 0] [--corpus-stage1-steps 0] [--mode shared]
+        [--stage2-fresh-questions 0] [--corpus-stage1-steps 0] [--mode shared] [--save-stage2 DIR]
 
 Pretraining here trains only on rows asking for a document word for word, over ~2,350 documents of a
 fictional encyclopedia drawn with another seed than the run's corpus (``stage1_reading.py --fresh``): none
@@ -17,7 +17,8 @@ questions about fresh documents, which it cannot learn by heart), and ``checkpoi
 measures full-index R@5, QA from the gold documents' memory tokens against closed book, and the memory gain
 on the run's documents. ``--mode shared`` builds the one-backbone layout on ``embedded-smollm2`` whatever
 RUN's params say. ``--save-pretrained DIR`` keeps the pretrained model; ``--from-pretrained DIR`` starts
-from it (and continues its pretraining with ``--pretrain-steps N``). Nothing else is saved. One JSON line
+from it (and continues its pretraining with ``--pretrain-steps N``); ``--save-stage2 DIR`` keeps the model
+after stage 2. Nothing else is saved. One JSON line
 per phase, the probe last. About 20 minutes with the defaults on 2 CPU cores (shared layout: ~6.8 s a
 pretraining step, ~13 s a stage-2 step that trains the compressor, ~3 s one that does not).
 """
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions", type=int, default=150)
     ap.add_argument("--save-pretrained", type=Path, default=None,
                     help="save the model after the pretraining phase here (ClaraModel.save)")
+    ap.add_argument("--save-stage2", type=Path, default=None,
+                    help="keep the model after stage 2 (for checkpoint_probe.py --model DIR --list-sizes ...)")
     ap.add_argument("--from-pretrained", type=Path, default=None,
                     help="skip the pretraining: load a model --save-pretrained wrote (to try stage-2 recipes)")
     ap.add_argument("--verbose", action="store_true", help="print the training log to stderr")
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                          seed=params["seed"], log=progress, log_fn=steps,
                          reconstruction_documents=fresh)
     model.eval()
+    if args.save_stage2 is not None:
+        model.save(args.save_stage2)
     out = probe(model, doc_rows, read_jsonl(corpus / "questions_eval.jsonl")[: args.questions])
     report("stage2", steps=args.stage2_steps, train_compressor=stage2["train_compressor"], lr=stage2["lr"],
            fresh_questions=args.stage2_fresh_questions,

@@ -103,10 +103,11 @@ def test_checkpoint_probe_reads_a_trained_model(tiny_lineage, capsys, tmp_path):
     probe = load_script("checkpoint_probe")
     root, _ = tiny_lineage
     assert probe.main(["--root", str(root), "--model", str(root / "artifacts" / "clara_model"),
-                       "--questions", "4", "--max-new-tokens", "2"]) == 0
+                       "--questions", "4", "--max-new-tokens", "2", "--list-sizes", "5,2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert 0 <= out["R@5"] <= 1 and set(out["oracle_compressed"]) == {"em", "f1", "sub_em"}
-    assert set(out["oracle_compressed_top5"]) == {"em", "f1", "sub_em"}
+    assert set(out["oracle_compressed_top5"]) == set(out["oracle_compressed_top2"]) == {"em", "f1", "sub_em"}
+    assert set(out["oracle_compressed_top2_f1_by_type"]) == set(out["oracle_compressed_f1_by_type"])
     assert len(out["examples"]) == 3 and out["model"].endswith("clara_model")
     gain = out["memory_gain"]
     assert gain["documents"] >= 2 and gain["own"] > 0 and abs(gain["gain"] - (gain["other"] - gain["own"])) <= 0.0015
@@ -142,7 +143,8 @@ def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_pat
     assert pretrain.main(["--root", str(root), "--pretrain-steps", "2", "--pretrain-documents", "40",
                           "--corpus-stage1-steps", "1", "--stage2-steps", "2", "--stage2-frozen-compressor",
                           "--stage2-lr", "1e-4", "--stage2-reconstruction-weight", "0.5",
-                          "--questions", "4", "--save-pretrained", str(tmp_path / "pre"), "--verbose"]) == 0
+                          "--questions", "4", "--save-pretrained", str(tmp_path / "pre"), "--verbose",
+                          "--save-stage2", str(tmp_path / "tuned")]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert "step 0: loss=" in captured.err and "stage2: 2 steps, forward in" in captured.err  # --verbose: progress
@@ -150,6 +152,7 @@ def test_pretrain_probe_pretrains_tunes_and_probes(tiny_lineage, capsys, tmp_pat
     assert 30 <= rows[0]["training_documents"] <= 40 and rows[0]["own"] > 0 and rows[1]["steps"] == 1
     assert rows[2]["train_compressor"] is False and rows[2]["lr"] == 1e-4 and rows[2]["reconstruction_weight"] == 0.5
     assert set(rows[2]["oracle_compressed"]) == {"em", "f1", "sub_em"} and "memory_gain" in rows[2]
+    assert (tmp_path / "tuned" / "clara_config.json").is_file()  # --save-stage2: for checkpoint_probe --model
     # the saved pretrained model comes back as it was (to try another stage-2 recipe without pretraining
     # again), and --pretrain-steps continues its pretraining on a fresh schedule
     assert pretrain.main(["--root", str(root), "--from-pretrained", str(tmp_path / "pre"), "--pretrain-documents",
