@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         0 if args.from_pretrained is not None else 100)
     if args.from_pretrained is not None:
         model = ClaraModel.load(args.from_pretrained)
+        # the prompt's form is RUN's (params.yaml), not the saved model's
+        model.number_prompt_documents(model_cfg.get("number_documents", False))
         report("loaded", model=str(args.from_pretrained), **memory_gain(model, probe_texts))
     else:
         model = ClaraModel.from_params(model_cfg, seed=params["seed"])

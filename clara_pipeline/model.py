@@ -311,6 +311,9 @@ class ClaraModel(nn.Module):
             raise ValueError(f"model.prompt={style!r}: 'chat' (needs a generator tokenizer with a chat template) "
                              f"or 'plain'")
         self.prompt_style = style
+        # "Document 1:", "Document 2:" ... before each document's slot: a handle the generator can attend to
+        # when it must pick the one document of k that the question is about (off: the official form)
+        self.number_documents = bool(model_cfg.get("number_documents", False))
 
         body = self._encoder_body()
         init = body.get_input_embeddings().weight[self.mem_ids].detach().clone()
@@ -542,7 +545,9 @@ class ClaraModel(nn.Module):
                 max_length=self.question_max_length)["input_ids"] if question.strip() else []
         ids, starts = list(pre), []
         docs = context if context is not None else [None] * k
-        for text in docs:
+        for i, text in enumerate(docs):
+            if self.number_documents:
+                ids += self._document_label(i)
             starts.append(len(ids))
             if text is None:
                 ids += [tok.pad_token_id] * self.n_mem
@@ -551,6 +556,20 @@ class ClaraModel(nn.Module):
                            max_length=self.doc_max_length)["input_ids"]
             ids += sep
         return ids + mid + q + post, starts
+
+    def number_prompt_documents(self, on: bool) -> None:
+        """Switch model.number_documents on a built or loaded model (saved with it): a model pretrained on
+        one-document prompts can be tuned on numbered lists."""
+        self.number_documents = bool(on)
+        self.model_cfg = {**self.model_cfg, "number_documents": self.number_documents}
+
+    def _document_label(self, i: int) -> list[int]:
+        """Token ids of "Document {i+1}:" (model.number_documents), cached per position."""
+        cache = self.__dict__.setdefault("_label_cache", {})
+        if i not in cache:
+            lead = "" if self.prompt_style == "chat" else " "
+            cache[i] = self.gen_tok(f"{lead}Document {i + 1}:", add_special_tokens=False)["input_ids"]
+        return cache[i]
 
     def _prompt_parts(self, kind: str) -> tuple[list[int], list[int], list[int], list[int]]:
         """Token ids of the fixed pieces around documents and question: (before the documents, between the

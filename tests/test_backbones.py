@@ -79,3 +79,12 @@ def test_smollm2_generator_reads_compressed_and_raw_text(tiny_bert):
     text = chat.gen_tok.decode(ids)
     assert text.startswith("<|im_start|>system") and text.rstrip().endswith("assistant")
     assert len(starts) == 2 and starts[1] - starts[0] == chat.n_mem + 1  # a separator after each document
+    # model.number_documents: "Document i:" right before each document's slot, nothing else changes
+    numbered = ClaraModel.from_params({**cfg, "prompt": "chat", "number_documents": True})
+    ids_n, starts_n = numbered._prompt_ids("Who?", 2)
+    label = numbered._document_label(1)
+    assert numbered.gen_tok.decode(ids_n[:starts_n[0]]).endswith("Background:\nDocument 1:")
+    assert numbered.gen_tok.decode(ids_n[starts_n[1] - len(label):starts_n[1]]) == "Document 2:"
+    assert len(ids_n) == len(ids) + len(numbered._document_label(0)) + len(label)
+    chat.number_prompt_documents(True)  # on a loaded model (pretrained unnumbered), and saved with it
+    assert chat._prompt_ids("Who?", 2) == (ids_n, starts_n) and chat.model_cfg["number_documents"] is True
