@@ -9,7 +9,8 @@ On the project's held-out questions (artifacts/raw_corpus) it prints, as one JSO
 - ``oracle_compressed_top5``: the same from the benchmark report's oracle lists (the gold documents filled up
   to 5 with BM25's hits, shuffled, ``benchmark.oracle_lists``), so that what the distractors cost shows;
   ``--list-sizes 2,3,5`` answers from lists of each size (``oracle_compressed_top2`` ...), so that how the
-  cost grows with the number of distractors shows;
+  cost grows with the number of distractors shows; ``--bm25-sizes 1,3,5`` answers from BM25's top k as
+  ranked (``bm25_compressed_top1`` ...), what the report's ``bm25_compressed`` row would read at that k;
 - ``closed_book``: the same model with no documents. A model that reads its memory tokens scores well above
   closed book; one that does not scores the same;
 - F1 of ``oracle_compressed`` per question type;
@@ -69,7 +70,7 @@ def memory_gain(model: ClaraModel, texts: list[str], batch_size: int = 16) -> di
 
 
 def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_new_tokens: int = 12,
-          seed: int = 0, list_sizes: tuple[int, ...] = (5,)) -> dict:
+          seed: int = 0, list_sizes: tuple[int, ...] = (5,), bm25_sizes: tuple[int, ...] = ()) -> dict:
     ids = [d["id"] for d in documents]
     row = {d: i for i, d in enumerate(ids)}
     vectors = model.compress([d["text"] for d in documents])
@@ -92,6 +93,10 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
         chosen = oracle_lists([q["gold_doc_ids"] for q in questions], bm25, min(size, len(ids)), seed)
         lists[size] = model.answer(texts, torch.stack([vectors[[row[d] for d in lst]] for lst in chosen]),
                                    max_new_tokens=max_new_tokens)
+    ranked = {}  # list size -> answers from BM25's top documents as ranked (the report's bm25_compressed row)
+    for size in sorted(set(bm25_sizes)):
+        ranked[size] = model.answer(texts, torch.stack([vectors[[row[d] for d in lst[:size]]] for lst in bm25]),
+                                    max_new_tokens=max_new_tokens)
 
     def f1_by_type(preds: list[str]) -> dict:
         by_type: dict[str, list[float]] = {}
@@ -105,6 +110,7 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
                 "closed_book": _mean_scores(closed, questions),
                 "oracle_compressed_f1_by_type": f1_by_type(oracle)})
     out.update({f"oracle_compressed_top{size}_f1_by_type": f1_by_type(preds) for size, preds in lists.items()})
+    out.update({f"bm25_compressed_top{size}": _mean_scores(preds, questions) for size, preds in ranked.items()})
     out["examples"] = [[q["question"], q["answers"][0], p] for q, p in list(zip(questions, oracle))[:3]]
     return out
 
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--list-sizes", default="5",
                     help="comma-separated sizes of the oracle lists to answer from (gold filled up with BM25's hits)")
+    ap.add_argument("--bm25-sizes", default="",
+                    help="comma-separated k: also answer from BM25's top k as ranked (bm25_compressed_top{k})")
     args = ap.parse_args(argv)
     corpus = args.root / "artifacts" / "raw_corpus"
     model_dir = args.model or args.root / "artifacts" / "compressor_checkpoint"
@@ -127,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = probe(ClaraModel.load(model_dir), read_jsonl(corpus / "documents.jsonl"),
                 read_jsonl(corpus / "questions_eval.jsonl")[: args.questions], args.max_new_tokens,
-                list_sizes=tuple(int(x) for x in args.list_sizes.split(",")))
+                list_sizes=tuple(int(x) for x in args.list_sizes.split(",")),
+                bm25_sizes=tuple(int(x) for x in args.bm25_sizes.split(",") if x))
     out["model"], out["seconds"] = str(model_dir), round(time.perf_counter() - started, 1)
     print(json.dumps(out))
     return 0
