@@ -18,9 +18,9 @@ measures full-index R@5, QA from the gold documents' memory tokens against close
 on the run's documents. ``--mode shared`` builds the one-backbone layout on ``embedded-smollm2`` whatever
 RUN's params say. ``--save-pretrained DIR`` keeps the pretrained model; ``--from-pretrained DIR`` starts
 from it (and continues its pretraining with ``--pretrain-steps N``); ``--save-stage2 DIR`` keeps the model
-after stage 2. Nothing else is saved. One JSON line
-per phase, the probe last. About 20 minutes with the defaults on 2 CPU cores (shared layout: ~6.8 s a
-pretraining step, ~13 s a stage-2 step that trains the compressor, ~3 s one that does not).
+after stage 2. Nothing else is saved. One JSON line per phase, the probe last. About 20 minutes with the
+defaults on 2 CPU cores (shared layout: ~6.8 s a pretraining step, ~13 s a stage-2 step that trains the
+compressor, ~3 s one that does not).
 """
 
 from __future__ import annotations

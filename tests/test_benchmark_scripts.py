@@ -103,12 +103,12 @@ def test_checkpoint_probe_reads_a_trained_model(tiny_lineage, capsys, tmp_path):
     probe = load_script("checkpoint_probe")
     root, _ = tiny_lineage
     assert probe.main(["--root", str(root), "--model", str(root / "artifacts" / "clara_model"),
-                       "--questions", "4", "--max-new-tokens", "2", "--list-sizes", "5,2",
+                       "--questions", "4", "--max-new-tokens", "2", "--list-sizes", "5,1",
                        "--bm25-sizes", "1,3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert 0 <= out["R@5"] <= 1 and set(out["oracle_compressed"]) == {"em", "f1", "sub_em"}
-    assert set(out["oracle_compressed_top5"]) == set(out["oracle_compressed_top2"]) == {"em", "f1", "sub_em"}
-    assert set(out["oracle_compressed_top2_f1_by_type"]) == set(out["oracle_compressed_f1_by_type"])
+    assert set(out["oracle_compressed_top5"]) == set(out["oracle_compressed_top1"]) == {"em", "f1", "sub_em"}
+    assert set(out["oracle_compressed_top1_f1_by_type"]) == set(out["oracle_compressed_f1_by_type"])
     assert set(out["bm25_compressed_top1"]) == set(out["bm25_compressed_top3"]) == {"em", "f1", "sub_em"}
     assert len(out["examples"]) == 3 and out["model"].endswith("clara_model")
     gain = out["memory_gain"]
