@@ -86,17 +86,16 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
     oracle = model.answer(texts, gold, max_new_tokens=max_new_tokens)
     closed = model.answer(texts, None, max_new_tokens=max_new_tokens)
     bm25 = [[d for d, _ in hits] for hits in BM25Retriever(documents).search(texts, min(20, len(ids)))]
+    def read(id_lists: list[list[str]]) -> list[str]:
+        return model.answer(texts, torch.stack([vectors[[row[d] for d in lst]] for lst in id_lists]),
+                            max_new_tokens=max_new_tokens)
+
     # list size -> answers from the gold documents filled up to that size with BM25's hits (a size below a
     # question's number of gold documents keeps its first ones, as the report's oracle row does at that top_k)
-    lists = {}
-    for size in sorted(set(list_sizes)):
-        chosen = oracle_lists([q["gold_doc_ids"] for q in questions], bm25, min(size, len(ids)), seed)
-        lists[size] = model.answer(texts, torch.stack([vectors[[row[d] for d in lst]] for lst in chosen]),
-                                   max_new_tokens=max_new_tokens)
-    ranked = {}  # list size -> answers from BM25's top documents as ranked (the report's bm25_compressed row)
-    for size in sorted(set(bm25_sizes)):
-        ranked[size] = model.answer(texts, torch.stack([vectors[[row[d] for d in lst[:size]]] for lst in bm25]),
-                                    max_new_tokens=max_new_tokens)
+    lists = {size: read(oracle_lists([q["gold_doc_ids"] for q in questions], bm25, min(size, len(ids)), seed))
+             for size in sorted(set(list_sizes))}
+    # list size -> answers from BM25's top documents as ranked (the report's bm25_compressed row)
+    ranked = {size: read([lst[:size] for lst in bm25]) for size in sorted(set(bm25_sizes))}
 
     def f1_by_type(preds: list[str]) -> dict:
         by_type: dict[str, list[float]] = {}

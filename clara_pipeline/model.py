@@ -312,7 +312,8 @@ class ClaraModel(nn.Module):
                              f"or 'plain'")
         self.prompt_style = style
         # "Document 1:", "Document 2:" ... before each document's slot: a handle the generator can attend to
-        # when it must pick the one document of k that the question is about (off: the official form)
+        # when it must pick the one document of k that the question is about (off: the official form; on, it
+        # measured no gain, docs/embedded-default.md "The picking problem")
         self.number_documents = bool(model_cfg.get("number_documents", False))
 
         body = self._encoder_body()
