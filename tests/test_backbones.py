@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import shutil
 from pathlib import Path
@@ -16,21 +18,42 @@ from clara_pipeline.config import resolve_model_path
 from clara_pipeline.model import ClaraModel
 
 
-def test_embedded_smollm2_resolves_to_a_cached_hf_folder(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("CLARA_CACHE_DIR", str(tmp_path / "cache"))  # a cold cache: the conversion runs here
-    torch.manual_seed(0)
-    before = torch.get_rng_state()
-    path = Path(resolve_model_path("embedded-smollm2"))
+@pytest.fixture(scope="module")
+def cold_cache(tmp_path_factory):
+    """The embedded backbone converted once into a cache of its own, which this module's tests then share: a
+    fresh machine (CI) would otherwise convert twice, here and again into ~/.cache (~30 s each)."""
+    cache = tmp_path_factory.mktemp("cache")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLARA_CACHE_DIR", str(cache))
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        with contextlib.redirect_stderr(printed):
+            path = Path(resolve_model_path("embedded-smollm2"))
+        rng_kept = torch.equal(torch.get_rng_state(), before)
+    return cache, path, rng_kept, printed.getvalue()
+
+
+@pytest.fixture
+def smollm2(cold_cache, monkeypatch) -> str:
+    """"embedded-smollm2" for a test, resolved from the module's converted cache."""
+    monkeypatch.setenv("CLARA_CACHE_DIR", str(cold_cache[0]))
+    return "embedded-smollm2"
+
+
+def test_embedded_smollm2_resolves_to_a_cached_hf_folder(cold_cache, monkeypatch):
+    cache, path, rng_kept, printed = cold_cache  # the conversion ran in a cold cache
     # the conversion leaves the global RNG alone, so a model built after it initialises the same whether the
     # cache was cold or warm (it drew from it once: R@5 of the same lineage 0.833 cold, 0.297 warm)
-    assert torch.equal(torch.get_rng_state(), before)
+    assert rng_kept
     # the first make run converts here: no de-quantisation progress bar on its terminal
-    assert "GGUF" not in capsys.readouterr().err
-    assert path.parent == tmp_path / "cache" / "backbones"
+    assert "GGUF" not in printed
+    assert path.parent == cache / "backbones"
     marker = json.loads((path / "clara_backbone.json").read_text())
     assert path.name.startswith("smollm2-135m-instruct-") and marker["sha256"].startswith(path.name.rsplit("-", 1)[1])
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(marker["files"])
     stamp = (path / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setenv("CLARA_CACHE_DIR", str(cache))
     assert resolve_model_path("embedded-smollm2") == str(path)  # the second call reuses the folder
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     config = json.loads((path / "config.json").read_text())
@@ -55,10 +78,10 @@ def test_damaged_gguf_is_an_error_that_says_reinstall(monkeypatch, tmp_path):
     assert not [p for p in (tmp_path / "cache" / "backbones").iterdir() if p.is_dir()]
 
 
-def test_smollm2_generator_reads_compressed_and_raw_text(tiny_bert):
+def test_smollm2_generator_reads_compressed_and_raw_text(tiny_bert, smollm2):
     """The default's layout on the real backbone: a compressor projected into SmolLM2 (plain prompt), one
     stage-1 loss, and the text baseline that reads with the generator's adapter switched off."""
-    cfg = {"mode": "separate", "compressor_path": tiny_bert, "generator_path": "embedded-smollm2",
+    cfg = {"mode": "separate", "compressor_path": tiny_bert, "generator_path": smollm2,
            "doc_max_length": 32, "compression_rate": 8, "question_max_length": 16, "answer_max_length": 8,
            "prompt": "plain", "lora": {"r": 4, "alpha": 8}}
     model = ClaraModel.from_params(cfg)
