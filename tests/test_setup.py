@@ -60,6 +60,9 @@ def test_setup_installs_with_the_lock_as_constraints():
     script = (ROOT / "scripts" / "setup.sh").read_text()
     assert "constraints requirements/lock.txt" in script and "constraints requirements/lock-dvc.txt" in script
     # every pip install of a package into a venv passes $lock, but torch (TORCH_SPEC) and the --no-deps wheel
-    for line in script.splitlines():
-        if "pip install" in line and "TORCH_SPEC" not in line and "--no-deps" not in line:
+    installs = [line for line in script.splitlines() if ("pip install" in line or "$PIP_INSTALL" in line)
+                and not line.lstrip().startswith(("#", "PIP_INSTALL="))]
+    assert len(installs) >= 5, installs
+    for line in installs:
+        if "TORCH_SPEC" not in line and "--no-deps" not in line:
             assert "$lock" in line, line
