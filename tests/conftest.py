@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -69,21 +73,53 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(out)
 
 
+@dataclass
+class LineageRun:
+    """What one run of the main job did: its exit, its terminal output, and the events Dagster recorded."""
+
+    success: bool
+    printed: str
+    materialised: set[str]  # asset keys
+    checks: dict[str, bool]  # asset check name -> passed
+
+
+def run_main_job(root: Path) -> LineageRun:
+    """`make run`'s command (python -m assets) on project ``root``, with an instance of its own in root/dagster_home
+    (make run's dagster.yaml); the events are read back from that instance, as the Dagster UI would show them."""
+    import dagster as dg
+
+    home = root / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)  # the instance make run uses (telemetry off)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DAGSTER_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK",
+                        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+                        # this process may hold a gloo group on MASTER_PORT already (the DeepSpeed stages ran)
+                        "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(CLARA_ROOT=str(root), DAGSTER_HOME=str(home))
+    out = subprocess.run([sys.executable, "-m", "assets"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    materialised, checks = set(), {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for run in instance.get_runs():
+            for entry in instance.all_logs(run.run_id):
+                event = entry.dagster_event
+                if event is None:
+                    continue
+                if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                    materialised.add(event.asset_key.to_user_string())
+                elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+                    evaluation = event.asset_check_evaluation_data
+                    checks[evaluation.check_name] = evaluation.passed
+    return LineageRun(out.returncode == 0, out.stdout + out.stderr, materialised, checks)
+
+
 @pytest.fixture(scope="session")
-def tiny_lineage(tmp_path_factory):
-    """The whole tiny lineage (six assets + both checks) materialised once by Dagster, in process.
+def tiny_lineage(tmp_path_factory) -> tuple[Path, LineageRun]:
+    """The whole tiny lineage (six assets + both checks) materialised once by the main job, as `make run` does.
 
     Shared by every module that needs trained artifacts and a registered champion (version 1); a test
     that changes the project works on a copy (shutil.copytree) so the others see it as built."""
-    import dagster as dg
-
-    from assets.checks import benchmark_is_complete, promotion_gate
-    from assets.lineage import LINEAGE_ASSETS
-    from assets.resources import ClaraProject
-
     root = tmp_path_factory.mktemp("lineage")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    result = dg.materialize(LINEAGE_ASSETS + [benchmark_is_complete, promotion_gate],
-                            resources={"clara": ClaraProject(root=str(root))},
-                            instance=dg.DagsterInstance.ephemeral())
-    return root, result
+    return root, run_main_job(root)

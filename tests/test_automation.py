@@ -46,8 +46,8 @@ def _metadata(result, key: str) -> dict:
 @pytest.fixture(scope="module")
 def lineage(tiny_lineage) -> Path:
     """The tiny lineage with the registered joint model version 1 as champion (shared: tests copy it)."""
-    root, result = tiny_lineage
-    assert result.success
+    root, run = tiny_lineage
+    assert run.success, run.printed[-4000:]
     return root
 
 

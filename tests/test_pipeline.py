@@ -1,13 +1,10 @@
-"""End to end: every asset materialised in-process by Dagster on a tiny configuration, tracked in MLflow,
-registered, gated, served."""
+"""End to end on a tiny configuration: the whole lineage as the main job (`make run`'s command) runs it, and
+single stages materialised in process; tracked in MLflow, registered, gated, served."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import shutil
 from pathlib import Path
 
@@ -30,13 +27,12 @@ def materialised(tiny_lineage):
 
 
 def test_all_assets_materialise(materialised):
-    root, result = materialised
-    assert result.success
-    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert done == set(STAGES)
+    root, run = materialised
+    assert run.success, run.printed[-4000:]
+    assert run.materialised == set(STAGES)
     for stage in STAGES:
         assert (root / "artifacts" / stage / "summary.json").is_file(), stage
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    checks = run.checks
     assert checks["benchmark_is_complete"] is True
     assert checks["promotion_gate"] is True  # no baselines in the tiny params: the first model becomes champion
 
@@ -258,22 +254,12 @@ def test_corpus_with_its_own_stage1_data_trains_on_it(tiny_project):
     assert len(held_out) == 4 and not held_out & trained
 
 
-def test_main_job_prints_progress_and_the_headline_not_library_noise(tiny_project, tmp_path):
-    """`make run`'s command on the tiny project: stage progress and the headline table, no library warnings,
+def test_main_job_prints_progress_and_the_headline_not_library_noise(materialised):
+    """`make run`'s command (the tiny lineage's run): stage progress and the headline table, no library warnings,
     progress bars or registry chatter (the full report stays in the file)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)  # the instance make run uses (telemetry off)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DAGSTER_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK",
-                        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
-                        # this process may hold a gloo group on MASTER_PORT already (the DeepSpeed stages ran)
-                        "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(CLARA_ROOT=str(tiny_project), DAGSTER_HOME=str(home))
-    out = subprocess.run([sys.executable, "-m", "assets"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
-    printed = out.stdout + out.stderr
-    assert out.returncode == 0, printed[-4000:]
+    _, run = materialised
+    printed = run.printed
+    assert run.success, printed[-4000:]
     assert "compressor_checkpoint: done" in printed and "QA F1/sub-EM" in printed and "registry: clara version 1" in printed
     noise = [line for line in printed.splitlines() if " - dagster - INFO - " not in line and any(
         mark in line for mark in ("Warning", "WARNING", "it/s]", "Downloading", "Successfully registered",

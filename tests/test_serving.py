@@ -27,8 +27,8 @@ QUESTION = "Who created the first work?"
 
 @pytest.fixture(scope="module")
 def materialised(tiny_lineage):
-    root, result = tiny_lineage
-    assert result.success
+    root, run = tiny_lineage
+    assert run.success, run.printed[-4000:]
     return root
 
 
