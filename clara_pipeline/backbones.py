@@ -93,10 +93,10 @@ def _gguf_parsed_once():
     """Within the conversion, parse the GGUF once and build gguf's tensor-name map once.
 
     transformers opens the file three times (tokenizer, config, weights), and each ``GGUFReader`` walks SmolLM2's
-    49k-entry vocabulary in Python (~9 s on a 2-core laptop); it also rebuilds the same ``TensorNameMap`` for every
+    49k-entry vocabulary in Python (~9 s on a 2-core machine); it also rebuilds the same ``TensorNameMap`` for every
     module of the model (~400 times, ~10 s). Both are pure functions of their arguments, so sharing the result
-    changes nothing written (the converted folder is byte-identical) and takes the conversion from ~40 s to
-    ~15 s. transformers imports both names from ``gguf`` at call time, which is where they are replaced."""
+    changes nothing written (the converted folder is byte-identical) and takes the conversion from ~42 s to
+    ~20 s. transformers imports both names from ``gguf`` at call time, which is where they are replaced."""
     import gguf
 
     real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map

@@ -21,7 +21,7 @@ from clara_pipeline.model import ClaraModel
 @pytest.fixture(scope="module")
 def cold_cache(tmp_path_factory):
     """The embedded backbone converted once into a cache of its own, which this module's tests then share: a
-    fresh machine (CI) would otherwise convert twice, here and again into ~/.cache (~30 s each)."""
+    fresh machine (CI) would otherwise convert twice, here and again into ~/.cache (~20 s each)."""
     cache = tmp_path_factory.mktemp("cache")
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
