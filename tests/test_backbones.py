@@ -41,7 +41,7 @@ def smollm2(cold_cache, monkeypatch) -> str:
     return "embedded-smollm2"
 
 
-def test_embedded_smollm2_resolves_to_a_cached_hf_folder(cold_cache, monkeypatch):
+def test_embedded_smollm2_resolves_to_a_cached_hf_folder(cold_cache, smollm2):
     cache, path, rng_kept, printed = cold_cache  # the conversion ran in a cold cache
     # the conversion leaves the global RNG alone, so a model built after it initialises the same whether the
     # cache was cold or warm (it drew from it once: R@5 of the same lineage 0.833 cold, 0.297 warm)
@@ -53,8 +53,7 @@ def test_embedded_smollm2_resolves_to_a_cached_hf_folder(cold_cache, monkeypatch
     assert path.name.startswith("smollm2-135m-instruct-") and marker["sha256"].startswith(path.name.rsplit("-", 1)[1])
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(marker["files"])
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    monkeypatch.setenv("CLARA_CACHE_DIR", str(cache))
-    assert resolve_model_path("embedded-smollm2") == str(path)  # the second call reuses the folder
+    assert resolve_model_path(smollm2) == str(path)  # the second call reuses the folder
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "llama" and config["hidden_size"] == 576 and "quantization_config" not in config
