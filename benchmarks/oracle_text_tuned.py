@@ -107,8 +107,15 @@ def main(argv: list[str] | None = None) -> int:
            "questions": len(questions), "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
            "train_seconds": round(train_s, 1), "seconds": round(time.perf_counter() - t0, 1)}
     metrics_path = root / "artifacts" / "benchmark_report" / "metrics.json"
-    if metrics_path.exists():
-        qa = json.loads(metrics_path.read_text()).get("qa", {})
+    report = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    report_k = report.get("efficiency", {}).get("top_k")
+    if report and report_k != int(bench["top_k"]):
+        # a report re-materialised at another benchmark.top_k read other lists: its rows are not comparable
+        print(f"{metrics_path}: read {report_k} documents per question, params.yaml says benchmark.top_k "
+              f"{bench['top_k']}; its rows are left out (re-run `clara stage benchmark_report` to compare)",
+              file=sys.stderr)
+    elif report:
+        qa = report.get("qa", {})
         for system in ("oracle_text", "oracle_compressed", "closed_book"):
             if system in qa:
                 out[system] = {m: qa[system].get(m) for m in ("em", "f1", "sub_em")}

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -135,6 +136,19 @@ def test_oracle_text_tuned_tunes_the_generator_on_text(tiny_lineage, capsys, tmp
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == 2 and out["questions"] == 4 and set(out["oracle_text_tuned"]) == {"em", "f1", "sub_em"}
     assert out["first_loss"] > 0 and "oracle_compressed" in out and "oracle_text" in out
+    # a report that read another number of documents than params.yaml says is not set beside the tuned figure
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "artifacts").symlink_to(root / "artifacts")
+    for name in ("configs", "tokenizer"):
+        if (root / name).exists():
+            (other / name).symlink_to(root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["benchmark"]["top_k"] = int(params["benchmark"]["top_k"]) + 1
+    (other / "params.yaml").write_text(yaml.safe_dump(params))
+    assert tuned.main(["--root", str(other), "--steps", "1", "--questions", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "oracle_compressed" not in json.loads(captured.out) and "its rows are left out" in captured.err
     assert tuned.main(["--root", str(tmp_path)]) == 2
     assert "run the lineage first" in capsys.readouterr().err
 
