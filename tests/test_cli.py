@@ -102,7 +102,9 @@ def test_profile_writes_a_root_whose_params_are_the_defaults_with_the_profile_me
     assert params["train"]["pretrain"]["steps"] == profile["train"]["pretrain"]["steps"]
     # untouched keys of an overridden section keep the default's values, other sections are the default's
     assert params["train"]["pretrain"]["lr"] == default["train"]["pretrain"]["lr"]
-    assert params["corpus"] == default["corpus"] and params["benchmark"] == default["benchmark"]
+    assert params["benchmark"]["top_k"] == profile["benchmark"]["top_k"] != default["benchmark"]["top_k"]
+    assert params["benchmark"]["recall_ks"] == default["benchmark"]["recall_ks"]
+    assert params["corpus"] == default["corpus"]
     # the root runs on its own: DeepSpeed config and Dagster instance settings are there
     assert (tmp_path / "q" / params["train"]["deepspeed_config"]).is_file()
     assert (tmp_path / "q" / "dagster_home" / "dagster.yaml").is_file()
