@@ -140,9 +140,6 @@ def test_oracle_text_tuned_tunes_the_generator_on_text(tiny_lineage, capsys, tmp
     other = tmp_path / "other"
     other.mkdir()
     (other / "artifacts").symlink_to(root / "artifacts")
-    for name in ("configs", "tokenizer"):
-        if (root / name).exists():
-            (other / name).symlink_to(root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["benchmark"]["top_k"] = int(params["benchmark"]["top_k"]) + 1
     (other / "params.yaml").write_text(yaml.safe_dump(params))
