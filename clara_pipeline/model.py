@@ -131,6 +131,22 @@ def straight_through_topk(scores: torch.Tensor, k: int, temperature: float) -> t
     return hard + (soft - soft.detach())
 
 
+def retrieval_loss(scores: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Contrastive loss of scores [B, M] against a pool of M documents, positives [B, M] bool (a question's
+    gold documents; rows without one are left out). Each gold document is scored against the row's non-gold ones:
+    mean over golds of -log(exp(s_g/T) / (exp(s_g/T) + sum_neg exp(s_n/T))), so a two-hop question pulls
+    both of its documents up instead of settling for the easier one."""
+    rows = positives.any(dim=-1)  # a question whose gold documents are all outside the pool adds nothing
+    if not bool(rows.any()):
+        return scores.sum() * 0.0
+    logits = scores[rows].float() / temperature
+    positives = positives[rows]
+    neg = torch.logsumexp(logits.masked_fill(positives, float("-inf")), dim=-1, keepdim=True)  # [B, 1]
+    per_gold = torch.logaddexp(logits, neg) - logits  # [B, M], meaningful where positives
+    per_gold = per_gold.masked_fill(~positives, 0.0)
+    return (per_gold.sum(-1) / positives.sum(-1)).mean()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # small helpers
 
@@ -827,8 +843,14 @@ class ClaraModel(nn.Module):
         metrics["reconstruction_loss"] = rec_loss.item()
         return lm_loss + reconstruction_weight * rec_loss, metrics
 
-    def stage3_loss(self, questions, candidate_embeddings, answers, top_k: int, temperature: float = 1.0):
-        """Joint: query reasoner scores N candidates [B, N, n, d], straight-through top-k, answer loss only."""
+    def stage3_loss(self, questions, candidate_embeddings, answers, top_k: int, temperature: float = 1.0,
+                    retrieval_pool=None, retrieval_positives=None, retrieval_weight: float = 0.0,
+                    retrieval_temperature: float = 0.05):
+        """Joint: query reasoner scores N candidates [B, N, n, d], straight-through top-k, answer loss (the
+        official objective, alone when retrieval_weight is 0).
+
+        retrieval_pool [M, n, d] with retrieval_positives [B, M] adds retrieval_weight x `retrieval_loss` of
+        the same query vectors against that pool (a departure: see train.stage3.retrieval_weight)."""
         q = self.encode_queries_with_grad(questions)  # [B, n, d]
         candidate_embeddings = candidate_embeddings.to(device=q.device, dtype=q.dtype)  # cache is fp32 on CPU
         scores = F.cosine_similarity(q.flatten(1).unsqueeze(1), candidate_embeddings.flatten(2), dim=-1)  # [B, N]
@@ -836,7 +858,13 @@ class ClaraModel(nn.Module):
         docs = torch.einsum("bkn,bnmd->bkmd", selection.to(candidate_embeddings.dtype), candidate_embeddings)
         lm_loss, n_tok = self.answer_loss(questions, docs, answers)
         metrics = {"lm_loss": lm_loss.item(), "answer_tokens": n_tok, "score_mean": scores.mean().item()}
-        return lm_loss, metrics, selection, scores
+        loss = lm_loss
+        if retrieval_weight > 0 and retrieval_pool is not None:
+            pool_scores = self.score(q, retrieval_pool.to(q.device))  # [B, M], float32 cosine as the index
+            ret = retrieval_loss(pool_scores, retrieval_positives.to(q.device), retrieval_temperature)
+            metrics["retrieval_loss"] = ret.item()
+            loss = lm_loss + retrieval_weight * ret
+        return loss, metrics, selection, scores
 
     def forward(self, stage: str, **batch):
         """Dispatch so a DeepSpeed engine can call the model: returns (loss, metrics)."""

@@ -264,14 +264,17 @@ class Stepper:
 
     Kept apart from the data loop so that benchmarks/model_throughput.py times exactly this step."""
 
-    def __init__(self, model: ClaraModel, params: list, stage_cfg: dict, train_cfg: dict, steps: int):
+    def __init__(self, model: ClaraModel, params: list, stage_cfg: dict, train_cfg: dict, steps: int,
+                 groups: list[dict] | None = None):
+        """groups: optimizer parameter groups over `params` with their own "lr" (default: one group at
+        stage_cfg's lr). The schedule scales every group's rate alike; `lr` reports the first group's."""
         self.model = model
         self.params = params
         self.accum = int(train_cfg.get("gradient_accumulation_steps", 1))
         if self.accum < 1:
             raise ValueError("train.gradient_accumulation_steps must be at least 1")
         lr = float(stage_cfg.get("lr", 1e-4))
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(stage_cfg.get("weight_decay", 0.0)))
+        self.optimizer = torch.optim.AdamW(groups or params, lr=lr, weight_decay=float(stage_cfg.get("weight_decay", 0.0)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(steps))
         self.backend = train_cfg.get("backend", "deepspeed")
         # train.autocast: run the forward under torch.autocast in this dtype while weights, gradients and the
@@ -534,11 +537,20 @@ def train_stage(
         # bit-identical targets (batch composition would otherwise change the padding and the last bits)
         model.prepare_doc_targets(sorted({r["document"] for r, _ in data}))
 
-    cache = None
+    # stage 3's optional retrieval term (a departure from the official answer-loss-only objective): each
+    # question's gold documents against a pool, the whole set of cached documents when the compressor is
+    # frozen (on the embedded corpus every candidate list together covers the index), else the batch's own
+    # candidate lists, compressed with grad
+    ret_weight = float(stage_cfg.get("retrieval_weight", 0.0)) if stage == "stage3" else 0.0
+    golds = [{d for d in r.get("gold_doc_ids", []) if d in documents} for r, _ in data] if ret_weight > 0 else []
+
+    cache, pool, pool_row = None, None, {}
     if frozen_compressor:
-        needed = sorted({d for _, ids in data for d in ids})
+        needed = sorted({d for _, ids in data for d in ids} | {d for g in golds for d in g})
         vecs = model.compress([documents[d] for d in needed], batch_size=32).to(device)
         cache = {d: vecs[i] for i, d in enumerate(needed)}
+        if ret_weight > 0:
+            pool, pool_row = vecs, {d: i for i, d in enumerate(needed)}
 
     def doc_tensor(id_lists: list[list[str]]) -> torch.Tensor:  # -> [B, k, n, d]
         B, k = len(id_lists), len(id_lists[0])
@@ -566,12 +578,29 @@ def train_stage(
                     documents=[r["document"] for r in rows], questions=[r["question"] for r in rows],
                     answers=[r["answer"] for r in rows], answer_max_length=[r["max_length"] for r in rows]))
             return out
-        return dict(
-            questions=questions, candidate_embeddings=docs, answers=answers,
-            top_k=top_k, temperature=float(stage_cfg.get("temperature", 0.02)),
-        )
+        out = dict(questions=questions, candidate_embeddings=docs, answers=answers,
+                   top_k=top_k, temperature=float(stage_cfg.get("temperature", 0.02)))
+        if ret_weight > 0:
+            if pool is not None:
+                positives = torch.zeros(len(batch), len(pool_row), dtype=torch.bool)
+                for b, i in enumerate(idx):
+                    positives[b, [pool_row[d] for d in golds[i]]] = True
+                out["retrieval_pool"] = pool
+            else:
+                flat_ids = [d for _, ids in batch for d in ids]
+                positives = torch.tensor([[d in golds[i] for d in flat_ids] for i in idx], dtype=torch.bool)
+                out["retrieval_pool"] = docs.flatten(0, 1)
+            out.update(retrieval_positives=positives, retrieval_weight=ret_weight,
+                       retrieval_temperature=float(stage_cfg.get("retrieval_temperature", 0.05)))
+        return out
 
-    stepper = Stepper(model, params, stage_cfg, train_cfg, steps)
+    groups = None
+    if stage == "stage3" and stage_cfg.get("query_lr"):
+        # the query reasoner at its own rate: the generator keeps `lr`, which a faster rate costs reading
+        query = {id(p) for n, p in model.named_parameters() if p.requires_grad and model._part_of(n) == "query"}
+        groups = [{"params": [p for p in params if id(p) not in query]},
+                  {"params": [p for p in params if id(p) in query], "lr": float(stage_cfg["query_lr"])}]
+    stepper = Stepper(model, params, stage_cfg, train_cfg, steps, groups)
     rank, world = rank_and_world()
     # every rank draws the same global batch and keeps its own slice (the sampler state is then one thing)
     sampler = _Sampler(len(data), bs * world, rng)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from clara_pipeline.config import resolve_model_path
-from clara_pipeline.model import ClaraModel, mem_token_names, straight_through_topk
+from clara_pipeline.model import ClaraModel, mem_token_names, retrieval_loss, straight_through_topk
 from clara_pipeline.tokenizer import build_generator_tokenizer
 
 DOCS = [
@@ -121,6 +121,23 @@ def test_stage3_answer_loss_trains_query_not_frozen_compressor(tiny_bert):
     assert q and any(g is not None and g.abs().sum() > 0 for _, g in q)
     assert all(g is None or g.abs().sum() == 0 for _, g in lora_grads(model, "compressor"))
     assert model.mem_embeddings.grad is None and all(p.grad is None for p in model.projector.parameters())
+
+
+def test_retrieval_loss_is_per_gold_contrastive_and_skips_rows_without_gold():
+    scores = torch.tensor([[0.9, 0.1, 0.5, -0.2], [0.3, 0.8, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4]], requires_grad=True)
+    positives = torch.tensor([[True, False, True, False], [False, True, False, False], [False] * 4])
+    T = 0.1
+    loss = retrieval_loss(scores, positives, T)
+    e = torch.exp(scores.detach() / T)
+    neg0, neg1 = e[0, 1] + e[0, 3], e[1, 0] + e[1, 2] + e[1, 3]  # the other gold is no negative
+    row0 = (-torch.log(e[0, 0] / (e[0, 0] + neg0)) - torch.log(e[0, 2] / (e[0, 2] + neg0))) / 2
+    row1 = -torch.log(e[1, 1] / (e[1, 1] + neg1))
+    assert torch.allclose(loss, (row0 + row1) / 2, atol=1e-5)  # the third row has no gold: left out
+    loss.backward()
+    g = scores.grad
+    assert (g[positives] < 0).all() and (g[0, [1, 3]] > 0).all() and (g[1, [0, 2, 3]] > 0).all()
+    assert torch.equal(g[2], torch.zeros(4))
+    assert retrieval_loss(scores, torch.zeros_like(positives), T).item() == 0.0
 
 
 def test_save_load_bit_identical_and_missing_tensor_raises(tiny_bert, tmp_path):
