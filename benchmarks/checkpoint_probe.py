@@ -20,6 +20,11 @@ On the project's held-out questions (artifacts/raw_corpus) it prints, as one JSO
   says (a generator can lower that loss by learning the corpus by heart, docs/embedded-default.md).
 It takes about a minute for 150 questions on the embedded default (2 CPU cores), against ~10 minutes for
 the benchmark_report stage, which covers every system.
+
+``--retrieval-only`` prints only ``R@5``, ``R@5_rerank`` (BM25's top 20 in the query reasoner's order, the
+report's clara_rerank) and ``R@5_bm25``. With ``--root`` a project whose corpus the model never trained on
+(e.g. made with another ``seed``), it shows whether the query reasoner learnt to match or learnt the corpus;
+``--split train`` scores stage 2/3's own training questions.
 """
 
 from __future__ import annotations
@@ -70,22 +75,33 @@ def memory_gain(model: ClaraModel, texts: list[str], batch_size: int = 16) -> di
 
 
 def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_new_tokens: int = 12,
-          seed: int = 0, list_sizes: tuple[int, ...] = (5,), bm25_sizes: tuple[int, ...] = ()) -> dict:
+          seed: int = 0, list_sizes: tuple[int, ...] = (5,), bm25_sizes: tuple[int, ...] = (),
+          retrieval_only: bool = False) -> dict:
     ids = [d["id"] for d in documents]
     row = {d: i for i, d in enumerate(ids)}
     vectors = model.compress([d["text"] for d in documents])
     queries = model.encode_queries([q["question"] for q in questions])
-    top = torch.topk(model.score(queries, vectors), min(5, len(ids)), dim=-1).indices.tolist()
+    scores = model.score(queries, vectors)
+    top = torch.topk(scores, min(5, len(ids)), dim=-1).indices.tolist()
     recall = sum(recall_at_k([ids[i] for i in t], q["gold_doc_ids"], 5) for t, q in zip(top, questions))
+    texts = [q["question"] for q in questions]
+    bm25 = [[d for d, _ in hits] for hits in BM25Retriever(documents).search(texts, min(20, len(ids)))]
+    # the report's clara_rerank: BM25's top 20 in the query reasoner's order
+    reranked = [sorted(lst, key=lambda d: -float(scores[i, row[d]])) for i, lst in enumerate(bm25)]
+    retrieval = {"R@5": round(recall / len(questions), 3),
+                 "R@5_rerank": round(sum(recall_at_k(r, q["gold_doc_ids"], 5) for r, q in zip(reranked, questions))
+                                     / len(questions), 3),
+                 "R@5_bm25": round(sum(recall_at_k(b, q["gold_doc_ids"], 5) for b, q in zip(bm25, questions))
+                                   / len(questions), 3)}
+    if retrieval_only:
+        return retrieval
     # every question reads as many documents as the one with the most gold documents; shorter gold lists
     # repeat their first document (the generator reads a fixed number of slots per batch)
     k = max(len(q["gold_doc_ids"]) for q in questions)
     gold = torch.stack([torch.stack([vectors[row[q["gold_doc_ids"][min(j, len(q["gold_doc_ids"]) - 1)]]]
                                      for j in range(k)]) for q in questions])
-    texts = [q["question"] for q in questions]
     oracle = model.answer(texts, gold, max_new_tokens=max_new_tokens)
     closed = model.answer(texts, None, max_new_tokens=max_new_tokens)
-    bm25 = [[d for d, _ in hits] for hits in BM25Retriever(documents).search(texts, min(20, len(ids)))]
     def read(id_lists: list[list[str]]) -> list[str]:
         return model.answer(texts, torch.stack([vectors[[row[d] for d in lst]] for lst in id_lists]),
                             max_new_tokens=max_new_tokens)
@@ -103,7 +119,7 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
             by_type.setdefault(q.get("type", "all"), []).append(qa_scores(p, q["answers"])["f1"])
         return {t: round(sum(v) / len(v), 3) for t, v in sorted(by_type.items())}
     gold_texts = [documents[row[d]]["text"] for d in dict.fromkeys(g for q in questions for g in q["gold_doc_ids"])]
-    out = {"R@5": round(recall / len(questions), 3), "oracle_compressed": _mean_scores(oracle, questions)}
+    out = {**retrieval, "oracle_compressed": _mean_scores(oracle, questions)}
     out.update({f"oracle_compressed_top{size}": _mean_scores(preds, questions) for size, preds in lists.items()})
     out.update({"memory_gain": memory_gain(model, gold_texts[:64]),
                 "closed_book": _mean_scores(closed, questions),
@@ -124,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated sizes of the oracle lists to answer from (gold filled up with BM25's hits)")
     ap.add_argument("--bm25-sizes", default="",
                     help="comma-separated k: also answer from BM25's top k as ranked (bm25_compressed_top{k})")
+    ap.add_argument("--retrieval-only", action="store_true",
+                    help="only R@5 (full index), R@5_rerank (BM25's top 20 reordered) and R@5_bm25: a minute")
+    ap.add_argument("--split", choices=("eval", "train"), default="eval",
+                    help="which questions: the held-out ones, or stage 2/3's training questions")
     args = ap.parse_args(argv)
     corpus = args.root / "artifacts" / "raw_corpus"
     model_dir = args.model or args.root / "artifacts" / "compressor_checkpoint"
@@ -133,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     started = time.perf_counter()
     out = probe(ClaraModel.load(model_dir), read_jsonl(corpus / "documents.jsonl"),
-                read_jsonl(corpus / "questions_eval.jsonl")[: args.questions], args.max_new_tokens,
+                read_jsonl(corpus / f"questions_{args.split}.jsonl")[: args.questions], args.max_new_tokens,
                 list_sizes=tuple(int(x) for x in args.list_sizes.split(",")),
-                bm25_sizes=tuple(int(x) for x in args.bm25_sizes.split(",") if x))
+                bm25_sizes=tuple(int(x) for x in args.bm25_sizes.split(",") if x), retrieval_only=args.retrieval_only)
     out["model"], out["seconds"] = str(model_dir), round(time.perf_counter() - started, 1)
     print(json.dumps(out))
     return 0

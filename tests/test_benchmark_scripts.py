@@ -114,6 +114,10 @@ def test_checkpoint_probe_reads_a_trained_model(tiny_lineage, capsys, tmp_path):
     assert len(out["examples"]) == 3 and out["model"].endswith("clara_model")
     gain = out["memory_gain"]
     assert gain["documents"] >= 2 and gain["own"] > 0 and abs(gain["gain"] - (gain["other"] - gain["own"])) <= 0.0015
+    assert 0 <= out["R@5_rerank"] <= 1 and 0 <= out["R@5_bm25"] <= 1
+    assert probe.main(["--root", str(root), "--model", str(root / "artifacts" / "clara_model"),
+                       "--questions", "4", "--retrieval-only", "--split", "train"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"R@5", "R@5_rerank", "R@5_bm25", "model", "seconds"}
     assert probe.main(["--root", str(tmp_path)]) == 2
     assert "run the lineage first" in capsys.readouterr().err
 
