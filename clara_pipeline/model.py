@@ -8,7 +8,8 @@ One file, three parts:
 2. the generator: a causal LM whose prompt has k*n placeholder positions; their input embeddings are replaced
    by the compressed vectors of the k retrieved documents.
 3. the glue of stage 3: score candidates by cosine(query vectors, document vectors), pick top-k with a
-   straight-through estimator, so the answer loss alone trains the query reasoner.
+   straight-through estimator, so the answer loss trains the query reasoner (officially alone; here a
+   contrastive term over the index may be added, ``retrieval_loss``).
 
 Two layouts (``model.mode``):
 - "separate": a light encoder compressor (all-MiniLM-L6-v2 + LoRA "compressor"/"query") and a projector into
