@@ -82,17 +82,15 @@ def probe(model: ClaraModel, documents: list[dict], questions: list[dict], max_n
     vectors = model.compress([d["text"] for d in documents])
     queries = model.encode_queries([q["question"] for q in questions])
     scores = model.score(queries, vectors)
-    top = torch.topk(scores, min(5, len(ids)), dim=-1).indices.tolist()
-    recall = sum(recall_at_k([ids[i] for i in t], q["gold_doc_ids"], 5) for t, q in zip(top, questions))
+    top = [[ids[i] for i in t] for t in torch.topk(scores, min(5, len(ids)), dim=-1).indices.tolist()]
     texts = [q["question"] for q in questions]
     bm25 = [[d for d, _ in hits] for hits in BM25Retriever(documents).search(texts, min(20, len(ids)))]
     # the report's clara_rerank: BM25's top 20 in the query reasoner's order
     reranked = [sorted(lst, key=lambda d: -float(scores[i, row[d]])) for i, lst in enumerate(bm25)]
-    retrieval = {"R@5": round(recall / len(questions), 3),
-                 "R@5_rerank": round(sum(recall_at_k(r, q["gold_doc_ids"], 5) for r, q in zip(reranked, questions))
-                                     / len(questions), 3),
-                 "R@5_bm25": round(sum(recall_at_k(b, q["gold_doc_ids"], 5) for b, q in zip(bm25, questions))
-                                   / len(questions), 3)}
+
+    def recall5(lists: list[list[str]]) -> float:
+        return round(sum(recall_at_k(lst, q["gold_doc_ids"], 5) for lst, q in zip(lists, questions)) / len(questions), 3)
+    retrieval = {"R@5": recall5(top), "R@5_rerank": recall5(reranked), "R@5_bm25": recall5(bm25)}
     if retrieval_only:
         return retrieval
     # every question reads as many documents as the one with the most gold documents; shorter gold lists
